@@ -37,7 +37,7 @@ def interval_forward(op, lower, upper):
     return centre - radius, centre + radius
 
 
-def bounds(net, x, ball, *, upper=True, intermediate=None, return_intermediate=False) -> Bounds:
+def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False) -> Bounds:
     """IBP bounds on the outputs of ``net``; ``intermediate`` replaces the computed pre-activation bounds."""
     lo, hi = first_layer_bounds(net.affine[0], x, ball)
     used = []
@@ -46,4 +46,4 @@ def bounds(net, x, ball, *, upper=True, intermediate=None, return_intermediate=F
             lo, hi = intermediate[k]
         used.append((lo, hi))
         lo, hi = interval_forward(op, torch.relu(lo), torch.relu(hi))
-    return Bounds(lower=lo, upper=hi if upper else None, intermediate=used if return_intermediate else None)
+    return Bounds(lower=lo, upper=hi if compute_upper else None, intermediate=used if return_intermediate else None)

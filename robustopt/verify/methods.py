@@ -15,14 +15,14 @@ Each method is one module ``robustopt/verify/<module>.py`` with
     ``True`` for per-example optimization methods (``lp``, ``lp-cvxpy``, ``milp``): ``certify`` runs
     them only on examples the attack and cheap bounds left open, and passes ``time_limit`` (seconds
     per example) and ``stop_at=0.0``.
-``bounds(net, x, ball, *, upper=True, intermediate=None, return_intermediate=False, **own) -> Bounds``
+``bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, **own) -> Bounds``
     ``x`` flat, shape (n, d), inside the box; ``net`` ends with an affine layer (``with_spec`` ensures
     it) whose last operator may be per-example. Computes in ``net.dtype`` on ``net.device``.
 
 Semantics of :class:`Bounds` (soundness: every number is a proven bound, whatever happened inside):
 
 - ``lower[i, r] <= min_{x' in B(x_i)} g_r(x')`` and ``upper[i, r] >= max ...`` (``upper`` is ``None``
-  when ``upper=False`` was asked). ``-inf`` / ``+inf`` where nothing was proven (solver failure);
+  when ``compute_upper=False`` was asked). ``-inf`` / ``+inf`` where nothing was proven (solver failure);
 - ``intermediate``: when ``return_intermediate=True``, a list with one (lower, upper) pair of shape
   (n, h_k) per ReLU layer of ``net``: the pre-activation bounds the method used (method-specific
   ones may be tighter internally). Passing such a list as ``intermediate=`` makes a method use those
@@ -63,7 +63,7 @@ METHODS = {
     "lp-cvxpy": "lp_cvxpy",
     "milp": "milp",
 }
-COMMON_OPTIONS = frozenset({"upper", "intermediate", "return_intermediate"})
+COMMON_OPTIONS = frozenset({"compute_upper", "intermediate", "return_intermediate"})
 _NORM_NAMES = {"inf": "l_inf", 2: "l_2", 1: "l_1"}
 
 
