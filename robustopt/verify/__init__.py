@@ -15,20 +15,21 @@ Pieces:
 - :mod:`.methods`: **the method contract** every bound method follows (read it before adding one),
   the :class:`Bounds` result and the registry ``METHODS`` the API dispatches on.
 - one module per method: ``ibp``, ``crown``, ``alpha_crown``, ``dual``, ``lp``, ``lp_cvxpy``, ``milp``.
-- the API (:mod:`.api`): ``logit_bounds``, ``margin_bounds``, ``spec_bounds``, ``certify``
-  (:class:`CertifyResult`) and ``certified_radius``.
+- the API: ``logit_bounds``, ``margin_bounds``, ``spec_bounds`` (:mod:`.api`), ``certify``
+  (:class:`CertifyResult`) and ``certified_radius`` (:mod:`.certification`).
 """
 from importlib import import_module
 
 from .methods import METHODS, Bounds, get_method, run_method
 from .network import Network, network
 
-_API = {"logit_bounds", "margin_bounds", "spec_bounds", "certify", "CertifyResult", "certified_radius"}
+_API = {"logit_bounds": "api", "margin_bounds": "api", "spec_bounds": "api", "certify": "certification",
+        "CertifyResult": "certification", "certified_radius": "certification"}
 
 __all__ = ["network", "Network", "Bounds", "METHODS", "get_method", "run_method", *sorted(_API)]
 
 
 def __getattr__(name):
     if name in _API:
-        return getattr(import_module(".api", __name__), name)
+        return getattr(import_module(f".{_API[name]}", __name__), name)
     raise AttributeError(f"module 'robustopt.verify' has no attribute {name!r}")
