@@ -76,6 +76,28 @@ def test_torch_export_round_trip(tmp_path, name, dynamo):
     torch.testing.assert_close(models.load(saved)(x), got, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript", "ignore:The feature will be removed",
+                            "ignore::torch.jit.TracerWarning")
+def test_torchscript_opset_9_with_batchnorm_and_per_channel_normalization(tmp_path):
+    """Opset 9 keeps Unsqueeze's axes as an attribute; BatchNorm1d stays a BatchNormalization node."""
+    torch.manual_seed(1)
+    model = nn.Sequential(Normalize(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.5, 0.6, 0.7])),
+                          nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), _View(), nn.Linear(4 * 6 * 6, 5),
+                          nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    with torch.no_grad():
+        model[5].running_mean.uniform_(-1, 1)
+        model[5].running_var.uniform_(0.5, 2)
+    path = tmp_path / "bn.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.rand(2, 3, 6, 6),), str(path), dynamo=False, opset_version=9,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    loaded = load(path)
+    assert [type(layer) for layer in loaded] == [Normalize, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear, nn.BatchNorm1d,
+                                                 nn.ReLU, nn.Linear]
+    x = torch.rand(9, 3, 6, 6)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------- hand-built graphs
 def _graph(nodes, input_shape, initializers, output="y", dtype=TensorProto.FLOAT, opset=13):
     graph = helper.make_graph(
