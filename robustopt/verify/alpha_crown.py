@@ -34,6 +34,28 @@ def _check_positive(value, name):
     return float(value)
 
 
+class _ProjectedAdam:
+    """Adam ascent steps on tensors kept in [0, 1] (projection by clamping), step size decayed by 0.98."""
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, decay=0.98):
+        self.params, self.lr, self.betas, self.eps, self.decay = params, lr, betas, eps, decay
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = 0
+
+    @torch.no_grad()
+    def ascend(self, grads):
+        self.t += 1
+        b1, b2 = self.betas
+        lr = self.lr * self.decay ** (self.t - 1)
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            g = torch.nan_to_num(g)
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            step = (m / (1 - b1 ** self.t)) / ((v / (1 - b2 ** self.t)).sqrt() + self.eps)
+            p.add_(lr * step).clamp_(0.0, 1.0)
+
+
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, steps=20, lr=0.5,
            stop_at=None, time_limit=None) -> Bounds:
     """alpha-CROWN bounds on the outputs of ``net``; ``info`` holds the iterations run and the slopes."""
@@ -50,23 +72,17 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
     n, r = x.shape[0], rows.shape[1]
     m = r // 2 if compute_upper else r  # rows [C; -C] when upper bounds are asked for
     alphas = [a.expand(n, r, -1).clone().requires_grad_(True) for a in rule_alphas]
+    adam = _ProjectedAdam(alphas, lr)
     best, iterations = None, 0
     with torch.enable_grad():
-        optimizer = torch.optim.Adam(alphas, lr=lr) if alphas else None
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.98) if alphas else None
         for step in range(steps + 1):
             value = crown.propagate(net, rows, bias, top - 1, relaxations, alphas, x, ball)
-            best = value.detach() if best is None else torch.maximum(best, value.detach())
+            best = value.detach() if best is None else torch.where(value.detach() > best, value.detach(), best)
             settled = stop_at is not None and bool((best[:, :m].amin(1) > stop_at).all())
             if step == steps or not alphas or settled or (deadline is not None and time.perf_counter() > deadline):
                 break
-            optimizer.zero_grad()
-            (-value.sum()).backward()
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                for a in alphas:
-                    a.clamp_(0.0, 1.0)
+            grads = torch.autograd.grad(value.sum(), alphas)
+            adam.ascend(grads)
             iterations += 1
     return Bounds(lower=best[:, :m], upper=-best[:, m:] if compute_upper else None,
                   intermediate=used if return_intermediate else None,

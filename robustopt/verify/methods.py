@@ -153,4 +153,8 @@ def minimize_linear(A: torch.Tensor, x: torch.Tensor, ball: Ball, chunk_entries:
         return torch.einsum("nmd,nd->nm", A, centre) - torch.einsum("nmd,nd->nm", A.abs(), radius)
     A = A.expand(n, -1, -1)
     step = max(1, chunk_entries // max(1, n * d))
+    if A.requires_grad:  # Danskin: the value is <A, x*> at the minimizer x*, whose gradient in A is x*
+        with torch.no_grad():
+            points = torch.cat([ball.support_point(-A[:, i:i + step], x) for i in range(0, A.shape[1], step)], 1)
+        return (A * points).sum(-1)
     return torch.cat([-ball.support(-A[:, i:i + step], x) for i in range(0, A.shape[1], step)], dim=1)

@@ -192,7 +192,12 @@ def _infer_input_shape(layers) -> tuple:
                      "e.g. (1, 28, 28)")
 
 
-def _conv_op(layer: nn.Conv2d, shape, dtype, device) -> Conv2d:
+def _copy(t: torch.Tensor, dtype, device, keep_graph: bool) -> torch.Tensor:
+    """A weight in the computation dtype / device: detached, unless ``keep_graph`` (for training on bounds)."""
+    return (t if keep_graph else t.detach()).to(dtype=dtype, device=device)
+
+
+def _conv_op(layer: nn.Conv2d, shape, dtype, device, keep_graph=False) -> Conv2d:
     if layer.padding_mode != "zeros":
         raise ValueError(f"Conv2d with padding_mode={layer.padding_mode!r} is not supported (only 'zeros')")
     if len(shape) != 3 or shape[0] != layer.in_channels:
@@ -206,12 +211,12 @@ def _conv_op(layer: nn.Conv2d, shape, dtype, device) -> Conv2d:
     else:
         ph, pw = layer.padding
         pad = (pw, pw, ph, ph)
-    weight = layer.weight.detach().to(dtype=dtype, device=device)
-    bias = None if layer.bias is None else layer.bias.detach().to(dtype=dtype, device=device)
+    weight = _copy(layer.weight, dtype, device, keep_graph)
+    bias = None if layer.bias is None else _copy(layer.bias, dtype, device, keep_graph)
     return Conv2d(weight, bias, shape, tuple(layer.stride), pad, tuple(layer.dilation), layer.groups)
 
 
-def _batchnorm_op(layer, shape, dtype, device) -> Diagonal:
+def _batchnorm_op(layer, shape, dtype, device, keep_graph=False) -> Diagonal:
     if layer.training:
         raise ValueError(f"{type(layer).__name__} must be in eval mode (call model.eval()): in training mode it "
                          "normalizes with batch statistics, which is not a fixed affine map")
@@ -225,10 +230,10 @@ def _batchnorm_op(layer, shape, dtype, device) -> Diagonal:
     kw = dict(dtype=dtype, device=device)
     scale = 1.0 / torch.sqrt(layer.running_var.detach().to(**kw) + layer.eps)
     if layer.weight is not None:
-        scale = scale * layer.weight.detach().to(**kw)
+        scale = scale * _copy(layer.weight, dtype, device, keep_graph)
     shift = -layer.running_mean.detach().to(**kw) * scale
     if layer.bias is not None:
-        shift = shift + layer.bias.detach().to(**kw)
+        shift = shift + _copy(layer.bias, dtype, device, keep_graph)
     spread = [c] + [1] * (len(shape) - 1)
     return Diagonal(scale.view(spread).expand(shape), shift.view(spread).expand(shape), shape)
 
@@ -244,11 +249,14 @@ def _normalize_op(layer: Normalize, shape, dtype, device) -> Diagonal:
     return Diagonal(1.0 / std, -mean / std, shape)
 
 
-def network(model: nn.Module, input_shape=None, dtype=torch.float64) -> Network:
+def network(model: nn.Module, input_shape=None, dtype=torch.float64, keep_graph=False) -> Network:
     """The canonical form of ``model`` (see the module docstring).
 
     ``input_shape`` is the shape of one example, e.g. (1, 28, 28); it can be left out when the first
     layer with weights is a Linear. ``dtype`` is the computation dtype of the copy (float64 default).
+    ``keep_graph=True`` keeps the weights attached to the model's parameters, so that bounds computed
+    on the network are differentiable with respect to them (certified training); the default copies
+    detached weights.
     Raises ``ValueError`` on unsupported layers, listing the supported ones.
     """
     if not isinstance(model, nn.Module):
@@ -286,15 +294,15 @@ def network(model: nn.Module, input_shape=None, dtype=torch.float64) -> Network:
             if shape != (layer.in_features,):
                 raise ValueError(f"{layer!r} expects inputs of shape ({layer.in_features},) but receives shape "
                                  f"{shape} (a Flatten missing, or the wrong input_shape?)")
-            bias = None if layer.bias is None else layer.bias.detach().to(dtype=dtype, device=device)
-            emit(Linear(layer.weight.detach().to(dtype=dtype, device=device), bias))
+            bias = None if layer.bias is None else _copy(layer.bias, dtype, device, keep_graph)
+            emit(Linear(_copy(layer.weight, dtype, device, keep_graph), bias))
             shape = (layer.out_features,)
         elif isinstance(layer, nn.Conv2d):
-            op = _conv_op(layer, shape, dtype, device)
+            op = _conv_op(layer, shape, dtype, device, keep_graph)
             emit(op)
             shape = op.out_shape
         elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            emit(_batchnorm_op(layer, shape, dtype, device))
+            emit(_batchnorm_op(layer, shape, dtype, device, keep_graph))
         else:  # Normalize
             emit(_normalize_op(layer, shape, dtype, device))
         if not isinstance(layer, nn.Flatten):
