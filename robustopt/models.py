@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import time
+import warnings
 import zipfile
 from numbers import Integral
 
@@ -308,7 +309,8 @@ def _build_layer(spec) -> nn.Module:
 
 def save(model, path) -> None:
     """Write ``model`` (an ``nn.Sequential`` of supported layers; nested Sequentials are flattened) to ``path``:
-    ``{"format", "version", "layers": [spec, ...], "dtype", "state_dict"}``, readable by :func:`load`."""
+    ``{"format", "version", "layers": [spec, ...], "dtype", "state_dict"}`` (plus ``"input_shape"`` when the
+    model has that attribute, as ONNX-loaded models do), readable by :func:`load`."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if not isinstance(model, nn.Sequential):
@@ -319,8 +321,10 @@ def save(model, path) -> None:
     flat = nn.Sequential(*layers)
     state = {k: v.detach().cpu().clone() for k, v in flat.state_dict().items()}
     dtype = str(model_dtype(model)).replace("torch.", "")
-    torch.save({"format": FORMAT, "version": FORMAT_VERSION, "layers": specs, "dtype": dtype,
-                "state_dict": state}, os.fspath(path))
+    blob = {"format": FORMAT, "version": FORMAT_VERSION, "layers": specs, "dtype": dtype, "state_dict": state}
+    if hasattr(model, "input_shape"):  # set by robustopt.onnx.load: the shape of one input example
+        blob["input_shape"] = [int(v) for v in model.input_shape]
+    torch.save(blob, os.fspath(path))
 
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -338,11 +342,14 @@ def load(path, device=None) -> nn.Sequential:
     if not os.path.isfile(path):
         raise ModelFileError(f"model file {path!r} does not exist")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes about foreign pickle protocols
+            blob = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError,
-            TypeError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelFileError(f"{path!r} is not a robustopt model file (refused to load it: {first})") from None
+            TypeError, OSError):
+        raise ModelFileError(f"{path!r} is not a robustopt model file: torch.load(weights_only=True) refused it "
+                             f"(not a torch file, or it holds pickled objects other than tensors and plain data, "
+                             f"such as a whole nn.Module); write models with robustopt.models.save") from None
     if not (isinstance(blob, dict) and blob.get("format") == FORMAT):
         raise ModelFileError(f"{path!r} is not a robustopt model file (no '{FORMAT}' header); write models with "
                              f"robustopt.models.save")
@@ -373,4 +380,10 @@ def load(path, device=None) -> nn.Sequential:
             raise ModelFileError(f"{path!r}: state_dict entry {key!r} has shape {tuple(value.shape)}, the "
                                  f"architecture needs {tuple(expected[key].shape)}")
     model.load_state_dict(state)
+    if "input_shape" in blob:
+        shape = blob["input_shape"]
+        if not (isinstance(shape, list) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                for v in shape)):
+            raise ModelFileError(f"{path!r}: input_shape must be a list of positive integers; got {shape!r}")
+        model.input_shape = tuple(shape)
     return model.to(device or "cpu").eval()

@@ -1,6 +1,7 @@
 """robustopt.models: builders, training, and a save / load that never runs code from the file."""
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,26 @@ def test_round_trip_of_builders_and_trained_model(tmp_path, digits):
         x = torch.rand(*shape)
         with torch.no_grad():
             torch.testing.assert_close(models.load(path)(x), model(x), rtol=0, atol=0)
+
+
+ONNX_NETS = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.parametrize("name", ["vnncomp2021_mnistfc/mnist-net_256x2.onnx",
+                                  "vnncomp2021_eran_mnist_relu_9_200/nets/mnist_relu_9_200.onnx"])
+def test_round_trip_of_onnx_loaded_networks(tmp_path, name):
+    path = ONNX_NETS / name
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    onnx_load = pytest.importorskip("robustopt.onnx").load
+    model = onnx_load(path)
+    models.save(model, tmp_path / "net.pt")
+    loaded = models.load(tmp_path / "net.pt")
+    assert loaded.input_shape == model.input_shape
+    assert [type(m) for m in loaded] == [type(m) for m in model]
+    x = torch.rand(4, *model.input_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 
 
 def test_save_rejects_unsupported_models(tmp_path):
