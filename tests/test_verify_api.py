@@ -7,14 +7,9 @@ from torch import nn
 from robustopt.sets import Ball
 from robustopt.verify import (CertifyResult, certified_radius, certify, logit_bounds, margin_bounds, network,
                               spec_bounds)
+from verify_helpers import one_thread  # noqa: F401  (fixture)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed=0, d=6, k=4):

@@ -10,84 +10,18 @@ from torch import nn
 from robustopt.sets import Ball
 from robustopt.verify import margin_bounds, network, run_method
 from robustopt.verify.api import margin_spec
+from verify_helpers import NORMS, one_thread, random_instance, sampled_margins  # noqa: F401  (fixture)
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one torch thread is several times faster on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CLOSED_FORM = [("ibp", {}), ("crown", {}), ("crown", {"relaxation": "same-slope"}), ("dual", {}),
                ("alpha-crown", {"steps": 5})]
-NORMS = ["inf", 2, 1]
-
-
-def random_net(seed):
-    """A small random ReLU net: an MLP (1-3 hidden layers, widths 4-32) or a conv net on (c, 6, 6)."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    k = int(rng.integers(2, 5))
-    if seed % 3 == 2:
-        c = int(rng.integers(1, 3))
-        ch = int(rng.integers(2, 5))
-        layers = [nn.Conv2d(c, ch, 3, padding=int(rng.integers(0, 2)), stride=int(rng.integers(1, 3))), nn.ReLU()]
-        if rng.random() < 0.5:
-            layers += [nn.Conv2d(ch, ch, 2), nn.ReLU()]
-        flat = nn.Sequential(*layers)(torch.zeros(1, c, 6, 6)).numel()
-        layers += [nn.Flatten()]
-        if rng.random() < 0.5:
-            w = int(rng.integers(4, 17))
-            layers += [nn.Linear(flat, w), nn.ReLU()]
-            flat = w
-        model = nn.Sequential(*layers, nn.Linear(flat, k))
-        shape = (c, 6, 6)
-    else:
-        d = int(rng.integers(2, 9))
-        widths = [int(w) for w in rng.integers(4, 33, size=int(rng.integers(1, 4)))]
-        layers, prev = [], d
-        for w in widths:
-            layers += [nn.Linear(prev, w), nn.ReLU()]
-            prev = w
-        model = nn.Sequential(*layers, nn.Linear(prev, k))
-        shape = (d,)
-    for p in model.parameters():  # larger biases make a mix of stable and unstable neurons
-        p.data = torch.randn(p.shape, generator=gen) * (0.8 if p.dim() > 1 else 0.5)
-    return model.double().eval(), shape, k
-
-
-def _instance(seed, n=6):
-    model, shape, k = random_net(seed)
-    rng = np.random.default_rng(1000 + seed)
-    x = torch.as_tensor(rng.uniform(0, 1, size=(n, *shape)))
-    y = torch.as_tensor(rng.integers(0, k, size=n))
-    norm = NORMS[seed % 3]
-    eps = float(rng.uniform(0.02, 0.3)) * {"inf": 1, 2: 2, 1: 4}[norm]
-    return model, x, y, k, norm, eps
-
-
-def _sampled_margins(model, x, y, eps, norm, samples=48):
-    """min over sampled points of the ball (random and support points) of each margin, (n, k)."""
-    ball = Ball(eps, norm)
-    gen = torch.Generator().manual_seed(0)
-    xf = x.flatten(1)
-    pts = [ball.random(x, generator=gen) for _ in range(samples)]
-    directions = torch.randn(samples, *xf.shape, generator=gen, dtype=x.dtype)
-    pts += [ball.support_point(c, xf).view_as(x) for c in directions]
-    logits = torch.stack([model(p) for p in pts])  # (s, n, k)
-    own = logits.gather(2, y.view(1, -1, 1).expand(len(pts), -1, 1))
-    return (own - logits).amin(0).detach().scatter(1, y.view(-1, 1), float("inf"))
 
 
 @pytest.mark.parametrize("seed", range(60))
 def test_bounds_below_sampled_points_and_identities(seed):
-    model, x, y, k, norm, eps = _instance(seed)
-    sampled = _sampled_margins(model, x, y, eps, norm)
+    model, x, y, k, norm, eps = random_instance(seed)
+    sampled = sampled_margins(model, x, y, eps, norm)
     got = {}
     for method, opts in CLOSED_FORM:
         b = margin_bounds(model, x, y, eps, norm, method=method, **opts)
@@ -104,7 +38,7 @@ def test_bounds_below_sampled_points_and_identities(seed):
 @pytest.mark.parametrize("seed", range(6))
 def test_pgd_never_beats_the_bounds(seed):
     attacks = pytest.importorskip("robustopt.attacks")
-    model, x, y, k, norm, eps = _instance(seed, n=8)
+    model, x, y, k, norm, eps = random_instance(seed, n=8)
     result = attacks.pgd(model, x, y, eps, norm=norm, steps=30, loss="margin", seed=0)
     for method, opts in CLOSED_FORM:
         b = margin_bounds(model, x, y, eps, norm, method=method, **opts).amin(1)
@@ -119,7 +53,7 @@ def _clean_margins(model, x, y):
 @pytest.mark.parametrize("method,opts", CLOSED_FORM)
 def test_eps_zero_gives_clean_margins(method, opts):
     for seed in (0, 2):
-        model, x, y, k, norm, _ = _instance(seed)
+        model, x, y, k, norm, _ = random_instance(seed)
         b = margin_bounds(model, x, y, 0.0, norm, method=method, **opts)
         expected = _clean_margins(model, x, y)
         mask = torch.isfinite(b)
@@ -176,7 +110,7 @@ def test_spec_folding_beats_differencing_logit_bounds(method, opts):
     from robustopt.verify import logit_bounds
 
     for seed in range(3):
-        model, x, y, k, norm, eps = _instance(seed)
+        model, x, y, k, norm, eps = random_instance(seed)
         folded = margin_bounds(model, x, y, eps, norm, method=method, **opts)
         lb, ub = logit_bounds(model, x, eps, norm, method=method, **opts)
         differenced = lb.gather(1, y.view(-1, 1)) - ub
@@ -189,7 +123,7 @@ def test_spec_folding_beats_differencing_logit_bounds(method, opts):
 def test_intermediate_round_trip_and_tightest():
     from robustopt.verify.methods import tightest
 
-    model, x, y, k, norm, eps = _instance(4)
+    model, x, y, k, norm, eps = random_instance(4)
     crown, inter_c = margin_bounds(model, x, y, eps, norm, method="crown", return_intermediate=True)
     again = margin_bounds(model, x, y, eps, norm, method="crown", intermediate=inter_c)
     torch.testing.assert_close(crown, again)
@@ -216,14 +150,14 @@ def test_conv_net_with_normalize_batchnorm_and_trailing_relu_is_sound():
                           nn.Flatten(), nn.Linear(108, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU()).double().eval()
     x, y = torch.rand(6, 2, 6, 6, dtype=torch.float64), torch.randint(0, 4, (6,))
     eps = 0.03
-    sampled = _sampled_margins(model, x, y, eps, "inf")
+    sampled = sampled_margins(model, x, y, eps, "inf")
     for method, opts in CLOSED_FORM:
         b = margin_bounds(model, x, y, eps, method=method, **opts)
         assert (b <= sampled + 1e-9).all(), method
 
 
 def test_alpha_crown_improves_with_steps_and_keeps_best():
-    model, x, y, k, norm, eps = _instance(6, n=10)
+    model, x, y, k, norm, eps = random_instance(6, n=10)
     crown = margin_bounds(model, x, y, eps, norm, method="crown")
     short = margin_bounds(model, x, y, eps, norm, method="alpha-crown", steps=2)
     longer = margin_bounds(model, x, y, eps, norm, method="alpha-crown", steps=40)
@@ -234,7 +168,7 @@ def test_alpha_crown_improves_with_steps_and_keeps_best():
 
 
 def test_dual_variables_recompute_the_bound():
-    model, x, y, k, norm, eps = _instance(5)
+    model, x, y, k, norm, eps = random_instance(5)
     net = network(model, input_shape=x.shape[1:]).with_spec(margin_spec(y, k))
     ball = Ball(eps, norm)
     res = run_method("dual", net, x, ball)
@@ -245,3 +179,9 @@ def test_dual_variables_recompute_the_bound():
     # perturbing the variables breaks the dual network's equations: the check notices
     dual.nu_input = dual.nu_input + 1e-3
     assert dual.residual(net) > 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(60, 400))
+def test_many_more_random_nets(seed):
+    test_bounds_below_sampled_points_and_identities(seed)
