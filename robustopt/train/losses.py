@@ -1,0 +1,216 @@
+r"""The training objective of each method on one batch: how the inner maximization is solved or bounded.
+
+Every method minimizes an estimate of the robust loss :math:`\max_{x' \in B(x)} L(f(x'), y)` over the
+ball :math:`B(x) = \{x' : \|x' - x\| \le \varepsilon,\ lower \le x' \le upper\}`. By Danskin's theorem
+the gradient of that maximum is the gradient at a maximizer, so the attack-based methods find a point
+(without tracking its dependence on the weights) and descend on the loss there; the certified methods
+replace the maximum by a differentiable upper bound from :mod:`robustopt.verify`.
+
+A method is a function ``loss(model, x, y, ctx) -> (loss, clean_logits or None)``: the scalar batch
+objective (with its graph) and, when the method computed them anyway, the clean logits (for the running
+accuracy). ``ctx`` is a :class:`Context`: the current radius, the ball, the options and the ramp position.
+The model is in training mode when called; attack steps run in eval mode (the attacks switch it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .. import attacks
+from ..attacks._common import eval_mode
+from ..sets import Ball
+from ..verify import network, run_method
+
+__all__ = ["Context", "Method", "METHODS", "worst_case_logits"]
+
+
+@dataclass
+class Context:
+    """One batch's settings: radius ``eps`` (after the ε schedule), ``norm``, the box, ``ramp`` (position in
+    the ε ramp, 0 to 1, driving κ and the CROWN weight), a ``seed`` for random starts, the method options."""
+
+    eps: float
+    norm: str
+    lower: object
+    upper: object
+    ramp: float = 1.0
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+    @property
+    def ball(self) -> Ball:
+        return Ball(self.eps, self.norm, self.lower, self.upper)
+
+    def ramped(self, name: str) -> float:
+        """A (start, end) option at the current ramp position."""
+        first, last = self.options[name]
+        return first + (last - first) * self.ramp
+
+
+def _cross_entropy_at(model, x_adv, y):
+    return F.cross_entropy(model(x_adv), y), None
+
+
+# ---------------------------------------------------------------------------------------------- attack-based
+def standard(model, x, y, ctx):
+    """Empirical risk: :math:`\\mathrm{CE}(f(x), y)`."""
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+def fgsm(model, x, y, ctx):
+    """One step of length ε in the steepest-ascent direction from x (Goodfellow et al.), projected."""
+    if ctx.eps == 0:
+        return standard(model, x, y, ctx)
+    x_adv = attacks.fgsm(model, x, y, ctx.eps, ctx.norm, ctx.lower, ctx.upper).x_adv
+    return _cross_entropy_at(model, x_adv, y)
+
+
+def fgsm_rs(model, x, y, ctx):
+    """A uniform random start in the ball, then one step of length ``alpha * eps`` (Wong, Rice, Kolter)."""
+    if ctx.eps == 0:
+        return standard(model, x, y, ctx)
+    x_adv = attacks.pgd(model, x, y, ctx.eps, ctx.norm, steps=1, step_size=ctx.options["alpha"] * ctx.eps,
+                        random_start=True, lower=ctx.lower, upper=ctx.upper, seed=ctx.seed).x_adv
+    return _cross_entropy_at(model, x_adv, y)
+
+
+def _step_size(ctx):
+    step = ctx.options["step_size"]
+    return 2.5 * ctx.eps / ctx.options["steps"] if step is None else step
+
+
+def pgd(model, x, y, ctx):
+    """k-step PGD with a random start (Madry et al.); with restarts, the lowest-margin point per example."""
+    if ctx.eps == 0:
+        return standard(model, x, y, ctx)
+    x_adv = attacks.pgd(model, x, y, ctx.eps, ctx.norm, steps=ctx.options["steps"], step_size=_step_size(ctx),
+                        restarts=ctx.options["restarts"], random_start=True, lower=ctx.lower, upper=ctx.upper,
+                        seed=ctx.seed).x_adv
+    return _cross_entropy_at(model, x_adv, y)
+
+
+def _kl(logits_p, logits_q, reduction="batchmean"):
+    """KL(softmax(p) || softmax(q)) per batch (``batchmean``) or summed."""
+    return F.kl_div(F.log_softmax(logits_q, 1), F.softmax(logits_p, 1), reduction=reduction)
+
+
+def trades_point(model, x, ctx):
+    r"""TRADES' inner maximization: PGD on :math:`\mathrm{KL}(f(x) \| f(x'))` from x plus N(0, 0.001²) noise,
+    in eval mode, with steepest-ascent steps and exact projection onto ball ∩ box."""
+    ball = ctx.ball
+    generator = torch.Generator(device=x.device).manual_seed(ctx.seed)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    x_adv = ball.project(x + 0.001 * noise, x)
+    step = _step_size(ctx)
+    with eval_mode(model):
+        with torch.no_grad():
+            clean = model(x)
+        for _ in range(ctx.options["steps"]):
+            x_adv.requires_grad_(True)
+            grad, = torch.autograd.grad(_kl(clean, model(x_adv), "sum"), x_adv)
+            with torch.no_grad():
+                x_adv = ball.project(x_adv + step * ball.steepest_ascent(grad), x)
+    return x_adv.detach()
+
+
+def trades(model, x, y, ctx):
+    r""":math:`\mathrm{CE}(f(x), y) + \beta\,\mathrm{KL}(f(x) \| f(x'))` (Zhang et al.); gradients flow through both."""
+    x_adv = trades_point(model, x, ctx) if ctx.eps > 0 else x
+    logits = model(x)
+    return F.cross_entropy(logits, y) + ctx.options["beta"] * _kl(logits, model(x_adv)), logits
+
+
+def onestep(model, x, y, ctx):
+    r"""Shaham et al.: maximize the loss's linearization over the uncertainty set, then descend there.
+
+    :math:`x' = \arg\max_{x' \in B(x)} \langle \nabla_x L, x' \rangle` (``Ball.support_point``): without a box
+    that is one full step along sign(g) (ℓ∞), g/‖g‖₂ (ℓ2) or the single largest coordinate (ℓ1); with the box,
+    the exact maximizer over ball ∩ box.
+    """
+    if ctx.eps == 0:
+        return standard(model, x, y, ctx)
+    with eval_mode(model):
+        x_req = x.detach().requires_grad_(True)
+        grad, = torch.autograd.grad(F.cross_entropy(model(x_req), y, reduction="sum"), x_req)
+    x_adv = ctx.ball.support_point(grad, x).detach()
+    return _cross_entropy_at(model, x_adv, y)
+
+
+# ---------------------------------------------------------------------------------------------- certified
+def margin_spec_network(model, x, y):
+    """The canonical network of ``model`` (weights attached to its parameters, in x's dtype) with the
+    specification rows :math:`e_y - e_j` for every j (row y is zero) folded into the last layer."""
+    net = network(model, input_shape=tuple(x.shape[1:]), dtype=x.dtype, keep_graph=True)
+    k = net.out_features
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    return net.with_spec(eye[y].unsqueeze(1) - eye.unsqueeze(0))
+
+
+def worst_case_logits(margin_lower: torch.Tensor) -> torch.Tensor:
+    r"""Logits :math:`z_j = -\underline m_j` from lower bounds on the margins :math:`m_j = f_y - f_j` (column y
+    is 0): :math:`\mathrm{CE}(z, y) \ge \max_{x' \in B} \mathrm{CE}(f(x'), y)` (Wong & Kolter; Gowal et al.)."""
+    return -margin_lower
+
+
+def _certified_mixture(model, x, y, ctx, margin_lower_fn):
+    """κ·CE(f(x), y) + (1 − κ)·CE(worst-case logits, y), κ ramped from its start to its end value."""
+    logits = model(x)
+    clean = F.cross_entropy(logits, y)
+    kappa = ctx.ramped("kappa")
+    if ctx.eps == 0 or kappa == 1:  # at eps = 0 the bounds are the exact margins: the loss is the clean one
+        return clean, logits
+    robust = F.cross_entropy(worst_case_logits(margin_lower_fn(model, x, y, ctx)), y)
+    return kappa * clean + (1 - kappa) * robust, logits
+
+
+def ibp_margins(model, x, y, ctx):
+    """IBP lower bounds on all margins, (n, k), differentiable in the weights."""
+    return run_method("ibp", margin_spec_network(model, x, y), x, ctx.ball, compute_upper=False).lower
+
+
+def crown_ibp_margins(model, x, y, ctx):
+    r"""CROWN-IBP (Zhang et al.): :math:`w\,\underline m_{CROWN\text{-}IBP} + (1 - w)\,\underline m_{IBP}`, where
+    CROWN-IBP is CROWN's backward pass over IBP's intermediate bounds and w ramps from its start to its end."""
+    net = margin_spec_network(model, x, y)
+    ibp = run_method("ibp", net, x, ctx.ball, compute_upper=False, return_intermediate=True)
+    weight = ctx.ramped("crown_weight")
+    if weight == 0:
+        return ibp.lower
+    crown = run_method("crown", net, x, ctx.ball, compute_upper=False, intermediate=ibp.intermediate).lower
+    return weight * crown + (1 - weight) * ibp.lower
+
+
+def ibp(model, x, y, ctx):
+    """Interval bound propagation training (Gowal et al.)."""
+    return _certified_mixture(model, x, y, ctx, ibp_margins)
+
+
+def crown_ibp(model, x, y, ctx):
+    """CROWN-IBP training (Zhang et al.)."""
+    return _certified_mixture(model, x, y, ctx, crown_ibp_margins)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Method:
+    """A training method: its batch loss, its options with defaults, and whether it trains on certified
+    bounds (then its ε ramp is on by default)."""
+
+    loss: object
+    defaults: dict
+    certified: bool = False
+
+
+METHODS = {
+    "standard": Method(standard, {}),
+    "fgsm": Method(fgsm, {}),
+    "fgsm_rs": Method(fgsm_rs, {"alpha": 1.25}),
+    "pgd": Method(pgd, {"steps": 10, "step_size": None, "restarts": 1}),
+    "trades": Method(trades, {"beta": 6.0, "steps": 10, "step_size": None}),
+    "onestep": Method(onestep, {}),
+    "ibp": Method(ibp, {"kappa": (1.0, 0.5)}, certified=True),
+    "crown_ibp": Method(crown_ibp, {"kappa": (1.0, 0.5), "crown_weight": (1.0, 0.0)}, certified=True),
+}
