@@ -9,8 +9,9 @@ than CROWN (step 0 *is* CROWN). The intermediate bounds are CROWN's (or those gi
 then the bound is at most the triangle LP with the same intermediate bounds, and equals it at the
 optimum on one-hidden-layer networks (the bound is concave in the slopes there).
 
-Options: ``steps`` (Adam iterations, default 20), ``lr`` (step size, default 0.5, decayed by 0.98 a
-step), ``stop_at`` (stop once every example's smallest lower bound exceeds it), ``time_limit``
+Options: ``steps`` (Adam iterations, default 20), ``lr`` (step size, default 0.5), ``lr_decay`` (factor
+per step, default 0.98; the bound is piecewise linear in the slopes, so reaching the LP value to 1e-5
+takes a few hundred steps, e.g. ``steps=300, lr=1.0``), ``stop_at`` (stop once every example's smallest lower bound exceeds it), ``time_limit``
 (seconds per example; the batch stops after ``time_limit * n``).
 """
 from __future__ import annotations
@@ -21,17 +22,11 @@ import torch
 
 from .._validation import check_positive_int
 from . import crown
-from .methods import COMMON_OPTIONS, Bounds
+from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
 
 NORMS = ("inf", 2, 1)
-OPTIONS = COMMON_OPTIONS | {"steps", "lr", "stop_at", "time_limit"}
+OPTIONS = COMMON_OPTIONS | {"steps", "lr", "lr_decay", "stop_at", "time_limit"}
 SOLVER = False
-
-
-def _check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0; got {value!r}")
-    return float(value)
 
 
 class _ProjectedAdam:
@@ -57,22 +52,21 @@ class _ProjectedAdam:
 
 
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, steps=20, lr=0.5,
-           stop_at=None, time_limit=None) -> Bounds:
+           lr_decay=0.98, stop_at=None, time_limit=None) -> Bounds:
     """alpha-CROWN bounds on the outputs of ``net``; ``info`` holds the iterations run and the slopes."""
     steps = check_positive_int(steps, "steps", minimum=0)
-    lr = _check_positive(lr, "lr")
-    deadline = None if time_limit is None else time.perf_counter() + _check_positive(time_limit, "time_limit") * len(x)
+    for value, name, top in ((lr, "lr", float("inf")), (lr_decay, "lr_decay", 1.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= top:
+            raise ValueError(f"{name} must be a number in (0, {top}]; got {value!r}")
+    stop_at, time_limit = check_stop_at(stop_at), check_time_limit(time_limit)
+    deadline = None if time_limit is None else time.perf_counter() + time_limit * len(x)
     used, relaxations, rule_alphas = crown.intermediate_bounds(net, x, ball, "adaptive", intermediate)
     top = len(net.affine) - 1
-    op = net.affine[top]
-    rows = crown.output_rows(op)
-    bias = op.bias.unsqueeze(0) if op.bias.dim() == 1 else op.bias
-    if compute_upper:
-        rows, bias = torch.cat([rows, -rows], 1), torch.cat([bias, -bias], -1)
+    rows, bias = crown.output_rows(net.affine[top], compute_upper)
     n, r = x.shape[0], rows.shape[1]
     m = r // 2 if compute_upper else r  # rows [C; -C] when upper bounds are asked for
     alphas = [a.expand(n, r, -1).clone().requires_grad_(True) for a in rule_alphas]
-    adam = _ProjectedAdam(alphas, lr)
+    adam = _ProjectedAdam(alphas, float(lr), decay=float(lr_decay))
     best, iterations = None, 0
     with torch.enable_grad():
         for step in range(steps + 1):

@@ -72,9 +72,14 @@ def _bias_term(coef, bias_vector):
     return (coef @ bias_vector.unsqueeze(-1)).squeeze(-1)
 
 
-def output_rows(op):
-    """The rows of an operator's matrix as a coefficient tensor, (1, h, d) shared or (n, h, d)."""
-    return op.weight if op.batched else op.dense().unsqueeze(0)
+def output_rows(op, both_signs=False):
+    """(rows, bias) of an operator as a linear form on its input: rows (1, h, d) shared or (n, h, d), bias
+    (1, h) or (n, h); with ``both_signs``, the negated rows appended (2h rows: lower and upper bounds)."""
+    rows = op.weight if op.batched else op.dense().unsqueeze(0)
+    bias = op.bias.unsqueeze(0) if op.bias.dim() == 1 else op.bias
+    if both_signs:
+        rows, bias = torch.cat([rows, -rows], 1), torch.cat([bias, -bias], -1)
+    return rows, bias
 
 
 def propagate(net, coef, bias, depth, relaxations, alphas, x, ball):
@@ -91,13 +96,9 @@ def propagate(net, coef, bias, depth, relaxations, alphas, x, ball):
 
 def bound_affine(net, k, relaxations, alphas, x, ball, upper=True):
     """Bounds (lower, upper or None) on z_k = affine[k](a_{k-1}), each (n, h_k)."""
-    op = net.affine[k]
-    rows = output_rows(op)
-    bias = op.bias.unsqueeze(0) if op.bias.dim() == 1 else op.bias
-    if upper:
-        rows, bias = torch.cat([rows, -rows], 1), torch.cat([bias, -bias], -1)
+    rows, bias = output_rows(net.affine[k], upper)
     both = propagate(net, rows, bias, k - 1, relaxations, alphas, x, ball)
-    h = op.out_features
+    h = net.affine[k].out_features
     return (both[:, :h], -both[:, h:]) if upper else (both, None)
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .ibp import first_layer_bounds
-from .methods import COMMON_OPTIONS, Bounds
+from .methods import COMMON_OPTIONS, Bounds, minimize_linear
 
 NORMS = ("inf", 2, 1)
 OPTIONS = COMMON_OPTIONS
@@ -71,7 +71,7 @@ class DualNetwork:
     def objective(self, net, x, ball):
         """J(nu), shape (n, r): computed from the stored variables, biases, x, the ball and l only."""
         J = -sum((self.nu[k] @ net.affine[k].bias.unsqueeze(-1)).squeeze(-1) for k in range(self.top + 1))
-        J = J - ball.support(self.nu_input.expand(x.shape[0], -1, -1), x)
+        J = J + minimize_linear(-self.nu_input, x, ball)  # - max_{x' in B} <nu_input, x'>
         for k in range(self.top):
             _, unstable = _diagonal(self.lower_bounds[k], self.upper_bounds[k])
             J = J + (torch.where(unstable, self.lower_bounds[k].unsqueeze(1), 0.0) * self.nu[k].clamp(min=0)).sum(-1)

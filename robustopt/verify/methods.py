@@ -52,7 +52,7 @@ from ..sets import Ball
 from .network import Network
 
 __all__ = ["Bounds", "METHODS", "COMMON_OPTIONS", "get_method", "run_method", "check_intermediate",
-           "tightest", "minimize_linear"]
+           "check_time_limit", "check_stop_at", "tightest", "minimize_linear"]
 
 METHODS = {
     "ibp": "ibp",
@@ -112,6 +112,24 @@ def check_intermediate(net: Network, intermediate, n: int, name: str = "intermed
             raise ValueError(f"{name}[{k}] must satisfy lower <= upper with no NaN")
         out.append((lo, hi))
     return out
+
+
+def check_time_limit(time_limit, name: str = "time_limit"):
+    """None, or a number of seconds > 0 (as float)."""
+    if time_limit is None:
+        return None
+    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
+        raise ValueError(f"{name} must be a number of seconds > 0 (or None); got {time_limit!r}")
+    return float(time_limit)
+
+
+def check_stop_at(stop_at, name: str = "stop_at"):
+    """None, or a finite number (as float)."""
+    if stop_at is None:
+        return None
+    if isinstance(stop_at, bool) or not isinstance(stop_at, (int, float)) or not np.isfinite(stop_at):
+        raise ValueError(f"{name} must be a finite number (or None); got {stop_at!r}")
+    return float(stop_at)
 
 
 def tightest(*bound_lists):
