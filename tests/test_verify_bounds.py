@@ -185,3 +185,12 @@ def test_dual_variables_recompute_the_bound():
 @pytest.mark.parametrize("seed", range(60, 400))
 def test_many_more_random_nets(seed):
     test_bounds_below_sampled_points_and_identities(seed)
+
+
+def test_crown_row_chunks_give_the_same_bounds(monkeypatch):
+    from robustopt.verify import crown
+
+    model, x, y, k, norm, eps = random_instance(2)
+    whole = margin_bounds(model, x, y, eps, norm, method="crown")
+    monkeypatch.setattr(crown, "ROW_CHUNK_ENTRIES", 50)
+    torch.testing.assert_close(margin_bounds(model, x, y, eps, norm, method="crown"), whole, rtol=0, atol=1e-12)

@@ -30,6 +30,7 @@ NORMS = ("inf", 2, 1)
 OPTIONS = COMMON_OPTIONS | {"relaxation"}
 SOLVER = False
 RELAXATIONS = ("adaptive", "same-slope", "optimized")
+ROW_CHUNK_ENTRIES = 1 << 25  # entries of one (n, rows, width) coefficient tensor (256 MiB in float64)
 
 
 @dataclass
@@ -97,7 +98,11 @@ def propagate(net, coef, bias, depth, relaxations, alphas, x, ball):
 def bound_affine(net, k, relaxations, alphas, x, ball, upper=True):
     """Bounds (lower, upper or None) on z_k = affine[k](a_{k-1}), each (n, h_k)."""
     rows, bias = output_rows(net.affine[k], upper)
-    both = propagate(net, rows, bias, k - 1, relaxations, alphas, x, ball)
+    # rows are independent: bound them in chunks so that one coefficient tensor stays below ROW_CHUNK_ENTRIES
+    width = max(op.in_features for op in net.affine[:k + 1])
+    step = max(1, ROW_CHUNK_ENTRIES // (x.shape[0] * width))
+    both = torch.cat([propagate(net, rows[:, i:i + step], bias[:, i:i + step], k - 1, relaxations, alphas, x, ball)
+                      for i in range(0, rows.shape[1], step)], 1)
     h = net.affine[k].out_features
     return (both[:, :h], -both[:, h:]) if upper else (both, None)
 
