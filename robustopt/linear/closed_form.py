@@ -24,7 +24,7 @@ from .._validation import check_eps, check_finite, check_norm, dual_norm_order
 from ..sets import Ball
 
 __all__ = ["worst_case_margin", "worst_case_margins", "optimal_perturbation", "robust_logistic_loss",
-           "robust_hinge_loss", "robust_cross_entropy_bound", "robust_error", "signed_labels"]
+           "robust_hinge_loss", "robust_cross_entropy_bound", "robust_error", "signed_labels", "box_intervals"]
 
 _CHUNK = 2 ** 22  # elements per block of (examples x classes x features) in the boxed multiclass case
 
@@ -110,6 +110,21 @@ def _ball(eps, norm, lower, upper, X):
 
 def _has_box(lower, upper):
     return lower is not None or upper is not None
+
+
+def box_intervals(X, eps, lower, upper):
+    """Per-coordinate range [lo, hi] of x' over the set, each (n, d): the ball's own interval cut by the box.
+
+    For ℓ∞ this is the set itself. For ℓ2 / ℓ1 the ball also keeps |x'_j - x_j| <= eps, so cutting the box to
+    this range changes nothing and keeps every bound finite. ``eps``: scalar or (n,).
+    """
+    radius = eps if np.ndim(eps) == 0 else np.asarray(eps, dtype=np.float64)[:, None]
+    lo, hi = X - radius, X + radius
+    if lower is not None:
+        lo = np.maximum(lo, np.asarray(lower, dtype=np.float64))
+    if upper is not None:
+        hi = np.minimum(hi, np.asarray(upper, dtype=np.float64))
+    return lo, hi
 
 
 # ---------------------------------------------------------------------------------------------- binary

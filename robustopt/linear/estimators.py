@@ -99,20 +99,29 @@ class _RobustLinearClassifier(ClassifierMixin, BaseEstimator):
     # -------------------------------------------------------------------------------- solving
     def _solve_cvxpy(self, build, X, y, eps, norm, C, solver, objective_margins):
         """Build and solve a cvxpy problem; ``objective_margins(w, b)`` gives the worst-case margins at a
-        solution (to tell eps-robustly separable data from a solver failure)."""
+        solution (to tell eps-robustly separable data from a solver failure). ``solver="auto"`` tries Clarabel,
+        then ECOS; any status but optimal from every solver tried raises."""
         lower, upper = self._box()
         problem, w, b = build(X, y, eps, norm=norm, C=C, fit_intercept=self.fit_intercept, lower=lower, upper=upper)
-        try:
-            problems.solve(problem, solver, verbose=self.verbose)
-        except problems.SolverStatusError:
-            if C is None and w.value is not None and self._separable_at(objective_margins, w, b):
-                raise fast.RobustlySeparableError(eps) from None
-            raise
+        failures = []
+        for name in (("clarabel", "ecos") if str(self.solver).lower() == "auto" else (solver,)):
+            try:
+                problems.solve(problem, name, verbose=self.verbose)
+                break
+            except problems.SolverStatusError as err:
+                if C is None and w.value is not None and self._separable_at(objective_margins, w, b):
+                    raise fast.RobustlySeparableError(eps) from None
+                failures.append(err)
+        else:
+            if len(failures) == 1:
+                raise failures[0]
+            raise problems.SolverStatusError("; ".join(f"{e.solver}: {e.status}" for e in failures),
+                                             " then ".join(e.solver for e in failures))
         if C is None and self._separable_at(objective_margins, w, b):
             raise fast.RobustlySeparableError(eps)
         stats = problem.solver_stats
         self.n_iter_ = int(stats.num_iters) if stats is not None and stats.num_iters is not None else 0
-        self.solver_ = f"cvxpy+{solver.upper()}"
+        self.solver_ = f"cvxpy+{name.upper()}"
         self.kkt_residual_ = None
         self.duality_gap_ = None
         return np.asarray(w.value, dtype=np.float64), np.asarray(b.value, dtype=np.float64)
@@ -177,7 +186,8 @@ class _BinaryRobustClassifier(_RobustLinearClassifier):
         return X @ self.coef_[0] + self.intercept_[0]
 
     def predict(self, X):
-        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+        positive = self.decision_function(X) > 0
+        return self.classes_[positive.astype(int)]
 
     def _checked_pair(self, X, y):
         X = self._validate_X(X)
@@ -316,16 +326,20 @@ class RobustSoftmaxRegression(_RobustLinearClassifier):
                                                                                norm, lower, upper)))
         return self
 
+    def _logits(self, X):
+        return self._validate_X(X) @ self.coef_.T + self.intercept_
+
     def decision_function(self, X):
-        """Logits, shape (n, k)."""
-        X = self._validate_X(X)
-        return X @ self.coef_.T + self.intercept_
+        """Logits, shape (n, k); for two classes, scikit-learn's convention: f_1 - f_0, shape (n,)."""
+        logits = self._logits(X)
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
 
     def predict(self, X):
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        best = np.argmax(self._logits(X), axis=1)
+        return self.classes_[best]
 
     def predict_proba(self, X):
-        return softmax(self.decision_function(X), axis=1)
+        return softmax(self._logits(X), axis=1)
 
     def _labels(self, X, y):
         X = self._validate_X(X)

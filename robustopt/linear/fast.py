@@ -32,6 +32,8 @@ import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from scipy.special import expit
 
+from .closed_form import box_intervals
+
 __all__ = ["FastResult", "robust_logistic_linf", "robust_logistic_l2", "RobustlySeparableError"]
 
 
@@ -48,13 +50,6 @@ class FastResult:
     n_outer: int              # full passes over the coordinates
     converged: bool
     seconds: float
-
-
-def box_centers_radii(X, eps, lower, upper):
-    """Centre and half-width of the per-coordinate interval [max(x - eps, lower), min(x + eps, upper)]."""
-    lo = X - eps if lower is None else np.maximum(X - eps, lower)
-    hi = X + eps if upper is None else np.minimum(X + eps, upper)
-    return (lo + hi) / 2.0, (hi - lo) / 2.0
 
 
 def _loss(m):
@@ -102,6 +97,11 @@ class _Problem:
     def __init__(self, margins, gamma, lam, fit_intercept, eps):
         self.margins, self.gamma, self.lam, self.fit_intercept = margins, gamma, lam, fit_intercept
         self.eps = eps
+
+    def check_not_separable(self, m):
+        """For C=None, all margins > 0 means (w, b) is a direction along which F decreases for ever."""
+        if self.lam == 0 and m.size and m.min() > 0:
+            raise RobustlySeparableError(self.eps)
 
     def value(self, m, w):
         return self.gamma * _loss(m).sum() + 0.5 * self.lam * (w @ w)
@@ -154,8 +154,7 @@ def _newton(problem: _Problem, sub: _Margins, w, b, tol, max_iter):
     m = sub(w, b)
     f = problem.value(m, w)
     while n_iter < max_iter:
-        if problem.lam == 0 and m.min(initial=-1.0) > 0:  # w is a direction along which F decreases forever
-            raise RobustlySeparableError(problem.eps)
+        problem.check_not_separable(m)
         pg, grad_b = problem.gradient(m, w, sub)
         if max(np.abs(pg).max(initial=0.0), abs(grad_b)) <= tol:
             return w, b, n_iter, True
@@ -244,7 +243,8 @@ def robust_logistic_linf(X, y, eps, C=None, fit_intercept=True, lower=None, uppe
     if lower is None and upper is None:
         margins = _Margins(np.ascontiguousarray(X), float(eps), y)
     else:
-        margins = _Margins(*box_centers_radii(X, float(eps), lower, upper), y)
+        lo, hi = box_intervals(X, float(eps), lower, upper)
+        margins = _Margins((lo + hi) / 2.0, (hi - lo) / 2.0, y)
     gamma, lam = (1.0 / n, 0.0) if C is None else (float(C), 1.0)
     scale = gamma * n  # sum of the weights: tolerances are relative to the mean loss
     problem = _Problem(margins, gamma, lam, fit_intercept, eps)
@@ -262,6 +262,7 @@ def robust_logistic_linf(X, y, eps, C=None, fit_intercept=True, lower=None, uppe
     while True:
         n_outer += 1
         m = margins(w, b)
+        problem.check_not_separable(m)
         pg, grad_b = problem.gradient(m, w)
         kkt = max(np.abs(pg).max(initial=0.0), abs(grad_b)) / scale
         if verbose:

@@ -20,12 +20,15 @@ Solve with :func:`solve` (ECOS, CLARABEL or SCS, named explicitly), which raises
 """
 from __future__ import annotations
 
+import warnings
+
 import cvxpy as cp
 import numpy as np
+from scipy import sparse
 
 from .._validation import check_choice, check_eps, check_norm, dual_norm_order
 from ..sets import Ball
-from .closed_form import _check_X, _class_labels, signed_labels
+from .closed_form import _check_X, _class_labels, box_intervals, signed_labels
 
 __all__ = ["robust_logistic_problem", "robust_hinge_problem", "robust_multiclass_problem",
            "worst_case_margin_expression", "solve", "SolverStatusError", "SOLVERS"]
@@ -47,7 +50,9 @@ def solve(problem: cp.Problem, solver="CLARABEL", verbose=False, **options):
     :class:`SolverStatusError` on any status other than optimal (``optimal_inaccurate`` included)."""
     name = check_choice(str(solver).upper(), SOLVERS, "solver")
     try:
-        problem.solve(solver=name, verbose=verbose, **options)
+        with warnings.catch_warnings():  # "solution may be inaccurate": we raise on that status below
+            warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
+            problem.solve(solver=name, verbose=verbose, **options)
     except cp.error.SolverError as err:
         raise SolverStatusError(f"solver_error ({err})", name) from err
     if problem.status != cp.OPTIMAL:
@@ -56,28 +61,38 @@ def solve(problem: cp.Problem, solver="CLARABEL", verbose=False, **options):
 
 
 def _box_intervals(X, eps, lower, upper):
-    """Per-coordinate interval [lo, hi] of x' over the set: the ball's own interval cut by the box (for
-    ℓ2 / ℓ1 too: |x'_j - x_j| <= eps holds in those balls, so the cut changes nothing and keeps it finite)."""
     Ball(eps, "inf", lower, upper).check_center(X, "X")
-    radius = eps if np.ndim(eps) == 0 else np.asarray(eps)[:, None]
-    lo, hi = X - radius, X + radius
-    if lower is not None:
-        lo = np.maximum(lo, np.broadcast_to(np.asarray(lower, dtype=np.float64), X.shape))
-    if upper is not None:
-        hi = np.minimum(hi, np.broadcast_to(np.asarray(upper, dtype=np.float64), X.shape))
-    return lo, hi
+    return box_intervals(X, eps, lower, upper)
 
 
 def _boxed_support(V, X, eps, norm, lo, hi):
-    r"""Expression (m,) of :math:`\max_{x' \in B(x_r)} v_r^\top x'` for rows v_r of the affine expression V (m, d),
-    ball ∩ box, by infimal convolution (ℓ2 / ℓ1): :math:`v_r^\top x_r + \min_g \varepsilon \|v_r - g\|_q +
-    \sum_j (g_j c_j + r_j |g_j|)`, c and r the centre and half-width of the box on :math:`\delta = x' - x`."""
-    G = cp.Variable(V.shape, name="box_share")
-    centre, half = (lo + hi) / 2 - X, (hi - lo) / 2
+    r"""Expression (m,) of :math:`\max_{x' \in B(x_r)} v_r^\top x'` for the rows :math:`v_r` of the affine
+    expression V (m, d), over ball ∩ box (ℓ2 or ℓ1); :math:`[lo, hi]` is the box on x' (from :func:`box_intervals`).
+
+    ℓ1, by LP duality on the fractional knapsack: :math:`v^\top x + \min_{\lambda \ge 0} \varepsilon\lambda +
+    \sum_j h_j (v_j - \lambda)_+ + l_j (-v_j - \lambda)_+` with :math:`h = hi - x`, :math:`l = x - lo`.
+    ℓ2, by infimal convolution of the two support functions: :math:`v^\top x + \min_g \varepsilon \|v - g\|_2
+    + \sum_j (g_j c_j + r_j |g_j|)`, c and r the centre and half-width of the box on x' - x; g is needed only on
+    coordinates the box cuts (elsewhere g_j = 0 is optimal), which keeps the problem small and well posed.
+    """
+    m, d = V.shape
     radius = eps if np.ndim(eps) == 0 else np.asarray(eps)
-    ball_part = cp.multiply(radius, cp.norm(V - G, dual_norm_order(norm), axis=1))
-    box_part = cp.sum(cp.multiply(G, centre) + cp.multiply(half, cp.abs(G)), axis=1)
-    return cp.sum(cp.multiply(V, X), axis=1) + ball_part + box_part
+    room_up, room_down = hi - X, X - lo
+    if norm == 1:
+        lam = cp.Variable(m, nonneg=True, name="knapsack_multiplier")
+        lam_cols = cp.reshape(lam, (m, 1), order="C") @ np.ones((1, d))
+        spend = cp.multiply(room_up, cp.pos(V - lam_cols)) + cp.multiply(room_down, cp.pos(-V - lam_cols))
+        return cp.sum(cp.multiply(V, X), axis=1) + cp.multiply(radius, lam) + cp.sum(spend, axis=1)
+    cut = np.flatnonzero((np.minimum(room_up, room_down) < np.reshape(radius, (-1, 1))).ravel())
+    if cut.size == 0:  # the box cuts nothing: the plain ball
+        return cp.sum(cp.multiply(V, X), axis=1) + cp.multiply(radius, cp.norm(V, 2, axis=1))
+    g = cp.Variable(cut.size, name="box_share")
+    place = sparse.csr_matrix((np.ones(cut.size), (cut, np.arange(cut.size))), shape=(m * d, cut.size))
+    G = cp.reshape(place @ g, (m, d), order="C")
+    centre, half = (room_up - room_down) / 2, (room_up + room_down) / 2
+    per_row = sparse.csr_matrix((np.ones(cut.size), (cut // d, np.arange(cut.size))), shape=(m, cut.size))
+    box_rows = per_row @ (cp.multiply(centre.ravel()[cut], g) + cp.multiply(half.ravel()[cut], cp.abs(g)))
+    return cp.sum(cp.multiply(V, X), axis=1) + cp.multiply(radius, cp.norm(V - G, 2, axis=1)) + box_rows
 
 
 def worst_case_margin_expression(X, y, w, b, eps, norm="inf", lower=None, upper=None):
@@ -190,11 +205,14 @@ def robust_multiclass_problem(X, y, eps, norm="inf", C=None, fit_intercept=True,
     elif norm == "inf":
         lo, hi = _box_intervals(X, eps, lower, upper)
         centres, half = (lo + hi) / 2, (hi - lo) / 2
-        # S[:, a*k+j] >= |W_a - W_j|; the penalty of row i, column j is half_i . S[:, y_i*k+j]
+        # S[:, a*k+j] >= |W_a - W_j|; the penalty of row i, column j is half_i . S[:, y_i*k+j], computed class
+        # by class (rows with y_i = a use the block a) and put back in the order of the examples
         S = cp.Variable((d, k * k), nonneg=True, name="pair_abs")
         constraints += [S.T >= pairs @ W, S.T >= -(pairs @ W)]
-        spread = half @ S  # (n, k*k)
-        penalty = sum(cp.multiply(onehot[:, [a]] @ ones_row, spread[:, a * k:(a + 1) * k]) for a in range(k))
+        order = np.argsort(y, kind="stable")
+        blocks = [half[order[y[order] == a]] @ S[:, a * k:(a + 1) * k] for a in range(k) if np.any(y == a)]
+        back = sparse.csr_matrix((np.ones(n), (order, np.arange(n))), shape=(n, n))
+        penalty = back @ cp.vstack(blocks)
     else:
         lo, hi = _box_intervals(X, eps, lower, upper)
         rows = np.array([(i, j) for i in range(n) for j in range(k) if j != y[i]])
