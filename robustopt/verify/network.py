@@ -114,7 +114,7 @@ class Network:
     def pre_activations(self, x: torch.Tensor) -> list:
         """[z_1, ..., z_K] for a batch x, each (n, h_k)."""
         a, zs = self.flatten_input(x), []
-        for k, op in enumerate(self.affine):
+        for op in self.affine:
             zs.append(op.forward(a))
             a = torch.relu(zs[-1])
         return zs
