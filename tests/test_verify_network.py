@@ -131,3 +131,16 @@ def test_method_registry_and_option_checks():
         check_intermediate(net, [(torch.zeros(4, 2), torch.zeros(4, 2))], 4)
     with pytest.raises(ValueError, match="outside the box"):
         run_method("ibp", net, x + 2, Ball(0.1))
+
+
+def test_keep_graph_makes_bounds_differentiable_in_the_weights():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(2).eval()
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), bn, nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
+    x = torch.rand(4, 1, 4, 4)
+    detached = network(model, input_shape=(1, 4, 4))
+    assert not any(op.bias.requires_grad for op in detached.affine)
+    net = network(model, input_shape=(1, 4, 4), dtype=torch.float32, keep_graph=True)
+    lower = run_method("crown", net.with_spec(torch.eye(3)), x, Ball(0.1), compute_upper=False).lower
+    lower.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
