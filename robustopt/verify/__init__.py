@@ -17,6 +17,13 @@ Pieces:
 - one module per method: ``ibp``, ``crown``, ``alpha_crown``, ``dual``, ``lp``, ``lp_cvxpy``, ``milp``.
 - the API: ``logit_bounds``, ``margin_bounds``, ``spec_bounds`` (:mod:`.api`), ``certify``
   (:class:`CertifyResult`) and ``certified_radius`` (:mod:`.certification`).
+
+Example::
+
+    from robustopt.verify import certify, margin_bounds
+    bounds = margin_bounds(model, x, y, eps=0.02, method="crown")   # (n, k), +inf in column y
+    result = certify(model, X, y, eps=0.02, method="alpha-crown")   # PGD first, then the bounds
+    result.status, result.certified_accuracy
 """
 from importlib import import_module
 
