@@ -75,6 +75,14 @@ def test_solvers_agree_on_the_digits(solver, box, digits01):
     assert model.solver_.startswith("fast" if solver == "fast" else "cvxpy+" + solver.upper())
 
 
+def test_zero_radius_takes_the_smooth_fast_path_for_any_norm_and_box(digits01):
+    X, y, *_ = digits01
+    fast = RobustLogisticRegression(eps=0.0, norm=1, lower=0.0, upper=1.0).fit(X, y)
+    reference = RobustLogisticRegression(eps=0.0, norm=1, lower=0.0, upper=1.0, solver="clarabel").fit(X, y)
+    assert fast.solver_.startswith("fast") and fast.duality_gap_ < 1e-9
+    assert fast.objective_ == pytest.approx(reference.objective_, rel=1e-5, abs=1e-7)
+
+
 def test_the_box_lowers_the_robust_error_on_the_digits(digits01):
     X, y, X_test, y_test = digits01
     standard = RobustLogisticRegression(eps=0.0).fit(X, y)

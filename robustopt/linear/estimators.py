@@ -64,7 +64,8 @@ class _RobustLinearClassifier(ClassifierMixin, BaseEstimator):
                     raise ValueError(f"{name} must be None, a number or an array of shape ({n_features},) "
                                      f"(one bound per feature); got {np.shape(getattr(self, name))}")
         has_box = self.lower is not None or self.upper is not None
-        fast_ok = norm in self._fast_norms and (norm == "inf" or not has_box)
+        # eps = 0 is plain (smooth) logistic regression whatever the norm and the box
+        fast_ok = bool(self._fast_norms) and (eps == 0 or norm in self._fast_norms and (norm == "inf" or not has_box))
         if solver == "fast" and not fast_ok:
             raise ValueError(f"solver='fast' applies to {self._fast_description()}; got norm={self.norm!r}"
                              f"{' with a box' if has_box else ''}. Use solver='auto', 'clarabel', 'ecos' or 'scs'")
@@ -73,7 +74,7 @@ class _RobustLinearClassifier(ClassifierMixin, BaseEstimator):
         return norm, eps, C, solver
 
     def _fast_description(self):
-        return "RobustLogisticRegression with norm='inf' (with or without a box) or norm=2 without a box"
+        return "RobustLogisticRegression with norm='inf' (with or without a box), norm=2 without a box, or eps=0"
 
     def _box(self):
         to_array = (lambda v: None if v is None else np.asarray(v, dtype=np.float64))
@@ -222,16 +223,17 @@ class RobustLogisticRegression(_BinaryRobustClassifier):
     ----------
     eps : float >= 0, the radius. norm : "inf", 2 or 1. C : float > 0 or None.
     fit_intercept : bool. lower, upper : None, a number or an array (d,): the box on x + delta.
-    solver : "auto" (the fast exact solver for norm "inf" (box or not) and norm 2 without a box, else
-        Clarabel), "fast", "clarabel", "ecos" or "scs".
+    solver : "auto" (the fast exact solver for norm "inf" (box or not), norm 2 without a box and eps = 0, else
+        Clarabel, then ECOS if Clarabel fails), "fast", "clarabel", "ecos" or "scs".
     tol : the fast solver stops when its KKT residual (relative to the mean loss) is <= tol.
     max_iter : Newton iterations of the fast solver. verbose : print progress.
 
     Attributes
     ----------
     coef_ (1, d), intercept_ (1,), classes_ (2,), objective_ (mean exact robust loss on the training data,
-    without penalty), n_iter_, solver_ (what ran), kkt_residual_ and duality_gap_ (fast solver; the gap, relative
-    to the objective, needs C > 0; None otherwise).
+    without penalty), n_iter_, solver_ (what ran), kkt_residual_ and duality_gap_ (fast solver: the KKT residual
+    it stopped on, and an upper bound on (objective - optimum) / objective from a dual-feasible point, None where
+    none was found; both None for cvxpy, which checks its own optimality conditions).
     """
 
     _problem = staticmethod(problems.robust_logistic_problem)
@@ -246,12 +248,12 @@ class RobustLogisticRegression(_BinaryRobustClassifier):
         lower, upper = self._box()
         options = dict(C=C, fit_intercept=self.fit_intercept, tol=self.tol, max_iter=self.max_iter,
                        verbose=self.verbose)
-        if norm == "inf":
-            result = fast.robust_logistic_linf(X, signs, eps, lower=lower, upper=upper, **options)
+        if norm == "inf" and eps > 0:
+            result = fast.robust_logistic_linf(X, signs, eps, lower=lower, upper=upper, certify=True, **options)
             self.solver_ = "fast (working-set projected Newton, l_inf)"
-        else:
+        else:  # l_2 without a box, or eps = 0 (then the norm and the box play no part)
             result = fast.robust_logistic_l2(X, signs, eps, **options)
-            self.solver_ = "fast (trust-region Newton-CG, l_2)"
+            self.solver_ = "fast (trust-region Newton-CG, smooth)"
         if not result.converged:
             raise RuntimeError(f"the fast solver stopped after {result.n_iter} Newton iterations with KKT residual "
                                f"{result.kkt_residual:.2e} > tol={self.tol}; raise max_iter or tol, or use "

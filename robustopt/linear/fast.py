@@ -198,32 +198,106 @@ def _newton(problem: _Problem, sub: _Margins, w, b, tol, max_iter):
     return w, b, n_iter, False
 
 
-def _dual_gap(problem: _Problem, m, w, b_value):
-    """F(w, b) - D(alpha) for the dual point alpha = -loss'(m) (C > 0 only), made feasible for the intercept.
-
-    With :math:`\\ell(m) = \\max_{\\alpha \\in [0, 1]} -\\alpha m + H(\\alpha)` (H the binary entropy), the dual is
-    :math:`D(\\alpha) = \\gamma \\sum_i H(\\alpha_i) - \\frac{1}{2\\lambda}(\\|(u^+)_+\\|^2 + \\|(u^-)_+\\|^2)`,
-    :math:`u^\\pm = \\gamma \\sum_i \\alpha_i (\\pm y_i c_i - r_i)`, subject to :math:`\\sum_i \\alpha_i y_i = 0` when
-    there is an intercept (restored by scaling down the heavier class).
-    """
-    y, gamma = problem.margins.y, problem.gamma
-    alpha = expit(-m)
+def _dual_point(problem: _Problem, m):
+    """alpha = -loss'(m) in (0, 1), made feasible for the intercept (sum_i alpha_i y_i = 0) by scaling down the
+    heavier class."""
+    y, alpha = problem.margins.y, expit(-m)
     if problem.fit_intercept:
         pos, neg = alpha[y > 0].sum(), alpha[y < 0].sum()
-        if pos > neg:
-            alpha = np.where(y > 0, alpha * (neg / pos), alpha)
-        elif neg > pos:
-            alpha = np.where(y < 0, alpha * (pos / neg), alpha)
-    along, radial = problem.margins.transposed(gamma * alpha)
-    u_plus, u_minus = along - radial, -along - radial
+        heavier, ratio = (y > 0, neg / pos) if pos > neg else (y < 0, pos / neg)
+        alpha = np.where(heavier, alpha * ratio, alpha)
+    return alpha
+
+
+def _dual_slopes(problem: _Problem, alpha):
+    """u^+- = gamma sum_i alpha_i (+- y_i c_i - r_i), each (d,): the dual's constraints (C=None: u <= 0)."""
+    along, radial = problem.margins.transposed(problem.gamma * alpha)
+    return np.concatenate([along - radial, -along - radial])
+
+
+def _dual_value(problem: _Problem, alpha, slopes):
+    r"""The dual objective: with :math:`\ell(m) = \max_{\alpha \in [0, 1]} -\alpha m + H(\alpha)` (H the binary
+    entropy), :math:`D(\alpha) = \gamma \sum_i H(\alpha_i) - \frac{1}{2\lambda} \|(u)_+\|^2` for
+    :math:`\lambda > 0`; for :math:`\lambda = 0` the term is the constraint :math:`u \le 0` (checked by the caller)."""
     entropy = -(alpha * np.log(np.where(alpha > 0, alpha, 1.0)) + (1 - alpha) * np.log1p(-np.minimum(alpha, 1.0)))
-    dual = gamma * entropy.sum() - 0.5 / problem.lam * (np.maximum(u_plus, 0) @ np.maximum(u_plus, 0)
-                                                       + np.maximum(u_minus, 0) @ np.maximum(u_minus, 0))
-    return problem.value(m, w) - dual
+    dual = problem.gamma * entropy.sum()
+    if problem.lam > 0:
+        excess = np.maximum(slopes, 0.0)
+        dual -= 0.5 / problem.lam * (excess @ excess)
+    return dual
+
+
+def _certified_gap(problem: _Problem, m, w, solve_smaller_eps):
+    """P(w, b) - D(alpha) >= P(w, b) - P*, relative to P, from a dual-feasible alpha (None if none was found).
+
+    C > 0: alpha from the margins. C = None: the dual has the constraints u <= 0, which alpha from the margins
+    meets only up to the KKT residual; it is mixed with the dual point of the problem at a slightly smaller
+    radius (``solve_smaller_eps()`` returns those margins), which meets them strictly here, just enough to
+    make every constraint hold.
+    """
+    alpha = _dual_point(problem, m)
+    slopes = _dual_slopes(problem, alpha)
+    if problem.lam == 0 and slopes.max() > 0:
+        other_margins = solve_smaller_eps()
+        if other_margins is None:
+            return None
+        other = _dual_point(problem, other_margins)
+        other_slopes = _dual_slopes(problem, other)
+        violated = slopes > 0
+        if np.any(other_slopes[violated] >= 0):
+            return None
+        theta = np.max(slopes[violated] / (slopes[violated] - other_slopes[violated]))
+        theta = min(1.0, 2 * theta + 1e-9)  # twice the exact mix: a margin far above rounding errors
+        alpha = (1 - theta) * alpha + theta * other
+        slopes = _dual_slopes(problem, alpha)
+        if slopes.max() > 0:
+            return None
+    primal = problem.value(m, w)
+    return (primal - _dual_value(problem, alpha, slopes)) / max(abs(primal), np.finfo(float).tiny)
+
+
+def _build(X, y, eps, C, fit_intercept, lower, upper):
+    n = X.shape[0]
+    if lower is None and upper is None:
+        margins = _Margins(np.ascontiguousarray(X), float(eps), y)
+    else:
+        lo, hi = box_intervals(X, float(eps), lower, upper)
+        margins = _Margins((lo + hi) / 2.0, (hi - lo) / 2.0, y)
+    gamma, lam = (1.0 / n, 0.0) if C is None else (float(C), 1.0)
+    return _Problem(margins, gamma, lam, fit_intercept, eps)
+
+
+def _working_set_newton(problem: _Problem, w, b, tol, max_iter, verbose):
+    """The outer loop: full KKT check, grow the working set with the worst violators, Newton on it."""
+    scale = problem.gamma * problem.margins.y.size  # tolerances are relative to the mean loss
+    working = np.flatnonzero(w)
+    n_iter = n_outer = 0
+    while True:
+        n_outer += 1
+        m = problem.margins(w, b)
+        problem.check_not_separable(m)
+        pg, grad_b = problem.gradient(m, w)
+        kkt = max(np.abs(pg).max(initial=0.0), abs(grad_b)) / scale
+        if verbose:
+            print(f"[fast] pass {n_outer}: objective {problem.value(m, w):.12g}, KKT residual {kkt:.3e}, "
+                  f"working set {working.size}, nonzeros {np.count_nonzero(w)}")
+        if kkt <= tol or n_iter >= max_iter:
+            return w, b, m, kkt, n_iter, n_outer
+        outside = np.setdiff1d(np.flatnonzero(pg), working)
+        worst = outside[np.argsort(-np.abs(pg[outside]))[:max(10, 2 * working.size)]]
+        working = np.union1d(working[(w[working] != 0) | (pg[working] != 0)], worst)
+        # solve each working set only as well as the outer residual warrants; the last one to tol / 2
+        last = outside.size == worst.size
+        inner_tol = scale * (tol / 2 if last else max(tol / 2, 0.1 * kkt))
+        w_sub, b, iters, _ = _newton(problem, problem.margins.restrict(working), w[working], b, inner_tol,
+                                     max_iter - n_iter)
+        n_iter += iters
+        w = np.zeros_like(w)
+        w[working] = w_sub
 
 
 def robust_logistic_linf(X, y, eps, C=None, fit_intercept=True, lower=None, upper=None, tol=1e-8,
-                         max_iter=1000, coef_init=None, intercept_init=None, verbose=False):
+                         max_iter=1000, coef_init=None, intercept_init=None, certify=False, verbose=False):
     r"""Exact :math:`\ell_\infty`-robust logistic regression (see the module docstring).
 
     Parameters
@@ -234,63 +308,35 @@ def robust_logistic_linf(X, y, eps, C=None, fit_intercept=True, lower=None, uppe
     tol : stop when the KKT residual over all coordinates, divided by sum(gamma) (n*C, or 1 for C=None),
         is at most ``tol``.
     max_iter : Newton iterations in total.
+    certify : for C=None, also compute the duality gap (it needs a second solve at radius eps * (1 - 1e-3));
+        for C > 0 the gap is always computed (it is cheap).
     Returns a :class:`FastResult`. Checks of the arguments are the caller's job (the estimators do them).
     """
     start = time.perf_counter()
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    n, d = X.shape
-    if lower is None and upper is None:
-        margins = _Margins(np.ascontiguousarray(X), float(eps), y)
-    else:
-        lo, hi = box_intervals(X, float(eps), lower, upper)
-        margins = _Margins((lo + hi) / 2.0, (hi - lo) / 2.0, y)
-    gamma, lam = (1.0 / n, 0.0) if C is None else (float(C), 1.0)
-    scale = gamma * n  # sum of the weights: tolerances are relative to the mean loss
-    problem = _Problem(margins, gamma, lam, fit_intercept, eps)
-
-    w = np.zeros(d) if coef_init is None else np.array(coef_init, dtype=np.float64)
+    problem = _build(X, y, eps, C, fit_intercept, lower, upper)
+    w = np.zeros(X.shape[1]) if coef_init is None else np.array(coef_init, dtype=np.float64)
     if intercept_init is not None and fit_intercept:
         b = float(intercept_init)
-    elif fit_intercept and coef_init is None:
-        b = _best_intercept(y, gamma)
     else:
-        b = 0.0
-    working = np.flatnonzero(w)
-    n_iter = n_outer = 0
-    converged = False
-    while True:
-        n_outer += 1
-        m = margins(w, b)
-        problem.check_not_separable(m)
-        pg, grad_b = problem.gradient(m, w)
-        kkt = max(np.abs(pg).max(initial=0.0), abs(grad_b)) / scale
-        if verbose:
-            print(f"[fast] pass {n_outer}: objective {problem.value(m, w):.12g}, KKT residual {kkt:.3e}, "
-                  f"working set {working.size}, nonzeros {np.count_nonzero(w)}")
-        if kkt <= tol:
-            converged = True
-            break
-        if n_iter >= max_iter:
-            break
-        outside = np.setdiff1d(np.flatnonzero(pg), working)
-        grow = max(10, 2 * working.size)
-        worst = outside[np.argsort(-np.abs(pg[outside]))[:grow]]
-        keep = working[(w[working] != 0) | (pg[working] != 0)]
-        working = np.union1d(keep, worst)
-        sub = margins.restrict(working)
-        # solve each working set only as well as the outer residual warrants; the last one to tol / 2
-        inner_tol = scale * max(tol / 2, 0.1 * kkt) if np.setdiff1d(np.flatnonzero(pg), working).size else scale * tol / 2
-        w_sub, b, iters, ok = _newton(problem, sub, w[working], b, inner_tol, max_iter - n_iter)
-        n_iter += iters
-        w = np.zeros(d)
-        w[working] = w_sub
-    m = margins(w, b)
+        b = _best_intercept(y, problem.gamma) if fit_intercept and coef_init is None else 0.0
+    w, b, m, kkt, n_iter, n_outer = _working_set_newton(problem, w, b, tol, max_iter, verbose)
+
+    def solve_smaller_eps():
+        smaller = _build(X, y, eps * (1 - 1e-3), C, fit_intercept, lower, upper)
+        try:
+            w2, b2, m2, kkt2, *_ = _working_set_newton(smaller, w, b, tol, max_iter, False)
+        except RobustlySeparableError:
+            return None
+        return m2 if kkt2 <= tol else None
+
     gap = None
-    if lam > 0:
-        gap = _dual_gap(problem, m, w, b) / max(abs(problem.value(m, w)), np.finfo(float).tiny)
-    return FastResult(coef=w, intercept=b, objective=problem.value(m, w), kkt_residual=kkt, duality_gap=gap,
-                      n_iter=n_iter, n_outer=n_outer, converged=converged, seconds=time.perf_counter() - start)
+    if problem.lam > 0 or certify:
+        gap = _certified_gap(problem, m, w, solve_smaller_eps)
+    return FastResult(coef=w, intercept=float(b), objective=problem.value(m, w), kkt_residual=kkt,
+                      duality_gap=gap, n_iter=n_iter, n_outer=n_outer, converged=bool(kkt <= tol),
+                      seconds=time.perf_counter() - start)
 
 
 def robust_logistic_l2(X, y, eps, C=None, fit_intercept=True, tol=1e-8, max_iter=1000, verbose=False):
@@ -340,21 +386,29 @@ def robust_logistic_l2(X, y, eps, C=None, fit_intercept=True, tol=1e-8, max_iter
     b0 = _best_intercept(y, gamma) if fit_intercept else 0.0
     dloss0 = -gamma * expit(-y * b0)
     g0 = X.T @ (dloss0 * y)
+    n_iter = 0
     if np.linalg.norm(g0) <= eps * abs(dloss0.sum()):
-        w = np.zeros(d)
-        m = margins(w, b0)
-        return FastResult(coef=w, intercept=b0, objective=gamma * _loss(m).sum(), kkt_residual=0.0,
-                          duality_gap=None, n_iter=0, n_outer=1, converged=True, seconds=time.perf_counter() - start)
-    z0 = np.append(-1e-3 * g0 / np.linalg.norm(g0), b0) if fit_intercept else -1e-3 * g0 / np.linalg.norm(g0)
-    result = minimize(value_and_grad, z0, jac=True, hessp=hess_vec, method="trust-ncg",
-                      options={"gtol": tol * scale, "maxiter": max_iter, "disp": verbose})
-    w, b = split(result.x)
+        z = np.append(np.zeros(d), b0) if fit_intercept else np.zeros(d)
+    else:
+        z0 = np.append(-1e-3 * g0 / np.linalg.norm(g0), b0) if fit_intercept else -1e-3 * g0 / np.linalg.norm(g0)
+        result = minimize(value_and_grad, z0, jac=True, hessp=hess_vec, method="trust-ncg",
+                          options={"gtol": tol * scale, "maxiter": max_iter, "disp": verbose})
+        z, n_iter = result.x, int(result.nit)
+    w, b = split(z)
     m = margins(w, b)
     if C is None and m.min() > 0:
         raise RobustlySeparableError(eps)
-    kkt = np.abs(value_and_grad(result.x)[1]).max() / scale
-    return FastResult(coef=w, intercept=float(b), objective=float(result.fun), kkt_residual=float(kkt),
-                      duality_gap=None, n_iter=int(result.nit), n_outer=1, converged=bool(kkt <= tol),
+    value, grad = value_and_grad(z)
+    # at w = 0 (optimal by the test above) only the intercept's derivative must vanish; elsewhere the gradient
+    kkt = (abs(grad[-1]) if fit_intercept else 0.0) / scale if n_iter == 0 else np.abs(grad).max() / scale
+    gap = None
+    if lam > 0:  # D(alpha) = gamma sum H(alpha) - (max(||g||_2 - eps s, 0))^2 / (2 lambda)
+        problem = _Problem(_Margins(X, eps, y), gamma, lam, fit_intercept, eps)
+        alpha = _dual_point(problem, m)
+        slope = np.linalg.norm(X.T @ (gamma * alpha * y)) - eps * gamma * alpha.sum()
+        gap = (value - _dual_value(problem, alpha, np.array([slope]))) / value
+    return FastResult(coef=w, intercept=float(b), objective=float(value), kkt_residual=float(kkt),
+                      duality_gap=gap, n_iter=n_iter, n_outer=1, converged=bool(kkt <= tol),
                       seconds=time.perf_counter() - start)
 
 
