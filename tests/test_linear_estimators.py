@@ -151,6 +151,7 @@ def test_pure_robust_objective_on_separable_data_raises(digits01):
     ({"max_iter": 0}, "max_iter"),
     ({"lower": np.zeros(3)}, "lower"),
     ({"lower": 0.5, "upper": 1.0}, "X"),
+    ({"lower": 1.0, "upper": 0.0}, "lower"),
 ])
 def test_bad_parameters_raise_a_clear_value_error(params, message, digits01):
     X, y, *_ = digits01

@@ -63,6 +63,9 @@ class _RobustLinearClassifier(ClassifierMixin, BaseEstimator):
                 if bound.ndim > 1 or bound.size not in (1, n_features) or np.isnan(bound).any():
                     raise ValueError(f"{name} must be None, a number or an array of shape ({n_features},) "
                                      f"(one bound per feature); got {np.shape(getattr(self, name))}")
+        if self.lower is not None and self.upper is not None and np.any(np.asarray(self.lower, dtype=np.float64)
+                                                                     > np.asarray(self.upper, dtype=np.float64)):
+            raise ValueError("lower must be <= upper in every feature")
         has_box = self.lower is not None or self.upper is not None
         # eps = 0 is plain (smooth) logistic regression whatever the norm and the box
         fast_ok = bool(self._fast_norms) and (eps == 0 or norm in self._fast_norms and (norm == "inf" or not has_box))
@@ -91,11 +94,6 @@ class _RobustLinearClassifier(ClassifierMixin, BaseEstimator):
 
     def _eval_eps(self, eps):
         return check_eps(self.eps if eps is None else eps)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        return tags
 
     # -------------------------------------------------------------------------------- solving
     def _solve_cvxpy(self, build, X, y, eps, norm, C, solver, objective_margins):

@@ -20,8 +20,9 @@ solution is sparse (the :math:`r_i^\top |w|` term acts like an :math:`\ell_1` pe
   coordinate is fixed; a step that crosses zero stops at zero), with an Armijo line search.
 
 It stops when the KKT residual over **all** coordinates is at most ``tol`` (in units of the mean loss's gradient)
-and reports it; for ``C > 0`` it also reports a duality gap from a dual-feasible point, a rigorous bound on the
-distance of the objective to the optimum.
+and reports it, with a duality gap from a dual-feasible point (:mod:`~robustopt.linear.dual`): a rigorous bound on
+the distance of the objective to the optimum. :func:`robust_logistic_l2` handles the ℓ2 ball without a box (and
+eps = 0), where the objective is smooth away from w = 0, by a trust-region Newton-CG method.
 """
 from __future__ import annotations
 
@@ -30,22 +31,24 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from scipy.optimize import minimize
 from scipy.special import expit
 
 from .closed_form import box_intervals
+from .dual import certified_gap, dual_point, dual_value
 
 __all__ = ["FastResult", "robust_logistic_linf", "robust_logistic_l2", "RobustlySeparableError"]
 
 
 @dataclass
 class FastResult:
-    """What :func:`robust_logistic_linf` returns."""
+    """What :func:`robust_logistic_linf` and :func:`robust_logistic_l2` return."""
 
     coef: np.ndarray
     intercept: float
     objective: float          # the training objective F at the solution (penalty included)
     kkt_residual: float       # max |projected gradient| over all coordinates, divided by sum(gamma)
-    duality_gap: float | None  # F - (dual value), relative to F; None for C=None (no cheap dual point)
+    duality_gap: float | None  # (F - dual value) / F >= (F - optimum) / F; None if not asked or not found
     n_iter: int               # Newton iterations, all working sets together
     n_outer: int              # full passes over the coordinates
     converged: bool
@@ -107,7 +110,7 @@ class _Problem:
         return self.gamma * _loss(m).sum() + 0.5 * self.lam * (w @ w)
 
     def gradient(self, m, w, margins=None):
-        """(pseudo-gradient in w, derivative in b, dloss) for margins m."""
+        """(pseudo-gradient in w, derivative in b) at margins m; ``margins`` restricts w to a working set."""
         dloss = -self.gamma * expit(-m)
         along, radial = (margins or self.margins).transposed(dloss)
         grad_b = float(dloss @ self.margins.y) if self.fit_intercept else 0.0
@@ -198,64 +201,6 @@ def _newton(problem: _Problem, sub: _Margins, w, b, tol, max_iter):
     return w, b, n_iter, False
 
 
-def _dual_point(problem: _Problem, m):
-    """alpha = -loss'(m) in (0, 1), made feasible for the intercept (sum_i alpha_i y_i = 0) by scaling down the
-    heavier class."""
-    y, alpha = problem.margins.y, expit(-m)
-    if problem.fit_intercept:
-        pos, neg = alpha[y > 0].sum(), alpha[y < 0].sum()
-        heavier, ratio = (y > 0, neg / pos) if pos > neg else (y < 0, pos / neg)
-        alpha = np.where(heavier, alpha * ratio, alpha)
-    return alpha
-
-
-def _dual_slopes(problem: _Problem, alpha):
-    """u^+- = gamma sum_i alpha_i (+- y_i c_i - r_i), each (d,): the dual's constraints (C=None: u <= 0)."""
-    along, radial = problem.margins.transposed(problem.gamma * alpha)
-    return np.concatenate([along - radial, -along - radial])
-
-
-def _dual_value(problem: _Problem, alpha, slopes):
-    r"""The dual objective: with :math:`\ell(m) = \max_{\alpha \in [0, 1]} -\alpha m + H(\alpha)` (H the binary
-    entropy), :math:`D(\alpha) = \gamma \sum_i H(\alpha_i) - \frac{1}{2\lambda} \|(u)_+\|^2` for
-    :math:`\lambda > 0`; for :math:`\lambda = 0` the term is the constraint :math:`u \le 0` (checked by the caller)."""
-    entropy = -(alpha * np.log(np.where(alpha > 0, alpha, 1.0)) + (1 - alpha) * np.log1p(-np.minimum(alpha, 1.0)))
-    dual = problem.gamma * entropy.sum()
-    if problem.lam > 0:
-        excess = np.maximum(slopes, 0.0)
-        dual -= 0.5 / problem.lam * (excess @ excess)
-    return dual
-
-
-def _certified_gap(problem: _Problem, m, w, solve_smaller_eps):
-    """P(w, b) - D(alpha) >= P(w, b) - P*, relative to P, from a dual-feasible alpha (None if none was found).
-
-    C > 0: alpha from the margins. C = None: the dual has the constraints u <= 0, which alpha from the margins
-    meets only up to the KKT residual; it is mixed with the dual point of the problem at a slightly smaller
-    radius (``solve_smaller_eps()`` returns those margins), which meets them strictly here, just enough to
-    make every constraint hold.
-    """
-    alpha = _dual_point(problem, m)
-    slopes = _dual_slopes(problem, alpha)
-    if problem.lam == 0 and slopes.max() > 0:
-        other_margins = solve_smaller_eps()
-        if other_margins is None:
-            return None
-        other = _dual_point(problem, other_margins)
-        other_slopes = _dual_slopes(problem, other)
-        violated = slopes > 0
-        if np.any(other_slopes[violated] >= 0):
-            return None
-        theta = np.max(slopes[violated] / (slopes[violated] - other_slopes[violated]))
-        theta = min(1.0, 2 * theta + 1e-9)  # twice the exact mix: a margin far above rounding errors
-        alpha = (1 - theta) * alpha + theta * other
-        slopes = _dual_slopes(problem, alpha)
-        if slopes.max() > 0:
-            return None
-    primal = problem.value(m, w)
-    return (primal - _dual_value(problem, alpha, slopes)) / max(abs(primal), np.finfo(float).tiny)
-
-
 def _build(X, y, eps, C, fit_intercept, lower, upper):
     n = X.shape[0]
     if lower is None and upper is None:
@@ -333,7 +278,7 @@ def robust_logistic_linf(X, y, eps, C=None, fit_intercept=True, lower=None, uppe
 
     gap = None
     if problem.lam > 0 or certify:
-        gap = _certified_gap(problem, m, w, solve_smaller_eps)
+        gap = certified_gap(problem, m, w, solve_smaller_eps)
     return FastResult(coef=w, intercept=float(b), objective=problem.value(m, w), kkt_residual=kkt,
                       duality_gap=gap, n_iter=n_iter, n_outer=n_outer, converged=bool(kkt <= tol),
                       seconds=time.perf_counter() - start)
@@ -343,9 +288,9 @@ def robust_logistic_l2(X, y, eps, C=None, fit_intercept=True, tol=1e-8, max_iter
     r"""Exact :math:`\ell_2`-robust logistic regression without a box: margins
     :math:`y_i (w^\top x_i + b) - \varepsilon \|w\|_2` are smooth away from w = 0, so a trust-region Newton-CG
     method (Hessian-vector products) solves the problem to a gradient norm <= ``tol`` (relative to the mean
-    loss). w = 0 is checked first by its optimality condition. Returns a :class:`FastResult`."""
-    from scipy.optimize import minimize
-
+    loss). w = 0 is checked first by its optimality condition. With eps = 0 this is plain logistic regression.
+    For C > 0 the result carries a duality gap; for C=None, ``duality_gap`` is None. Returns a :class:`FastResult`.
+    """
     start = time.perf_counter()
     X = np.ascontiguousarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -404,9 +349,9 @@ def robust_logistic_l2(X, y, eps, C=None, fit_intercept=True, tol=1e-8, max_iter
     gap = None
     if lam > 0:  # D(alpha) = gamma sum H(alpha) - (max(||g||_2 - eps s, 0))^2 / (2 lambda)
         problem = _Problem(_Margins(X, eps, y), gamma, lam, fit_intercept, eps)
-        alpha = _dual_point(problem, m)
+        alpha = dual_point(problem, m)
         slope = np.linalg.norm(X.T @ (gamma * alpha * y)) - eps * gamma * alpha.sum()
-        gap = (value - _dual_value(problem, alpha, np.array([slope]))) / value
+        gap = (value - dual_value(problem, alpha, np.array([slope]))) / value
     return FastResult(coef=w, intercept=float(b), objective=float(value), kkt_residual=float(kkt),
                       duality_gap=gap, n_iter=n_iter, n_outer=1, converged=bool(kkt <= tol),
                       seconds=time.perf_counter() - start)
