@@ -96,7 +96,7 @@ def test_robustly_separable_data_raise_for_the_pure_robust_objective():
 def test_mnist_zero_vs_one_subset_matches_clarabel():
     from robustopt.data import load_mnist
     X, y = load_mnist(root=DATA, classes=(0, 1))
-    X, y = X[:200].astype(np.float64), np.where(y[:200] == 1, 1.0, -1.0)
+    X, y = X[:300].astype(np.float64), np.where(y[:300] == 1, 1.0, -1.0)
     fast = robust_logistic_linf(X, y, 0.2)
     problem, *_ = robust_logistic_problem(X, y, 0.2)
     assert fast.objective == pytest.approx(solve(problem, "CLARABEL"), rel=1e-6)

@@ -33,11 +33,14 @@ import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from scipy.optimize import minimize
 from scipy.special import expit
+from threadpoolctl import threadpool_limits
 
 from .closed_form import box_intervals
 from .dual import certified_gap, dual_point, dual_value
 
 __all__ = ["FastResult", "robust_logistic_linf", "robust_logistic_l2", "RobustlySeparableError"]
+
+_SINGLE_THREAD_SIZE = 2 ** 24  # data with at most this many entries are solved with one BLAS thread
 
 
 @dataclass
@@ -234,8 +237,10 @@ def _working_set_newton(problem: _Problem, w, b, tol, max_iter, verbose):
         # solve each working set only as well as the outer residual warrants; the last one to tol / 2
         last = outside.size == worst.size
         inner_tol = scale * (tol / 2 if last else max(tol / 2, 0.1 * kkt))
-        w_sub, b, iters, _ = _newton(problem, problem.margins.restrict(working), w[working], b, inner_tol,
-                                     max_iter - n_iter)
+        # small dense products: one BLAS thread (extra threads only spin, and thrash on a busy machine)
+        with threadpool_limits(1 if working.size <= 256 else None):
+            w_sub, b, iters, _ = _newton(problem, problem.margins.restrict(working), w[working], b, inner_tol,
+                                         max_iter - n_iter)
         n_iter += iters
         w = np.zeros_like(w)
         w[working] = w_sub
@@ -266,19 +271,20 @@ def robust_logistic_linf(X, y, eps, C=None, fit_intercept=True, lower=None, uppe
         b = float(intercept_init)
     else:
         b = _best_intercept(y, problem.gamma) if fit_intercept and coef_init is None else 0.0
-    w, b, m, kkt, n_iter, n_outer = _working_set_newton(problem, w, b, tol, max_iter, verbose)
+    # one BLAS thread unless the data are large: the products here are small or memory-bound, and extra threads
+    # mostly spin (which slows everything down on a machine with other work)
+    with threadpool_limits(1 if X.size <= _SINGLE_THREAD_SIZE else None):
+        w, b, m, kkt, n_iter, n_outer = _working_set_newton(problem, w, b, tol, max_iter, verbose)
 
-    def solve_smaller_eps():
-        smaller = _build(X, y, eps * (1 - 1e-3), C, fit_intercept, lower, upper)
-        try:
-            w2, b2, m2, kkt2, *_ = _working_set_newton(smaller, w, b, tol, max_iter, False)
-        except RobustlySeparableError:
-            return None
-        return m2 if kkt2 <= tol else None
+        def solve_smaller_eps():
+            smaller = _build(X, y, eps * (1 - 1e-3), C, fit_intercept, lower, upper)
+            try:
+                w2, b2, m2, kkt2, *_ = _working_set_newton(smaller, w, b, tol, max_iter, False)
+            except RobustlySeparableError:
+                return None
+            return m2 if kkt2 <= tol else None
 
-    gap = None
-    if problem.lam > 0 or certify:
-        gap = certified_gap(problem, m, w, solve_smaller_eps)
+        gap = certified_gap(problem, m, w, solve_smaller_eps) if problem.lam > 0 or certify else None
     return FastResult(coef=w, intercept=float(b), objective=problem.value(m, w), kkt_residual=kkt,
                       duality_gap=gap, n_iter=n_iter, n_outer=n_outer, converged=bool(kkt <= tol),
                       seconds=time.perf_counter() - start)
@@ -336,8 +342,9 @@ def robust_logistic_l2(X, y, eps, C=None, fit_intercept=True, tol=1e-8, max_iter
         z = np.append(np.zeros(d), b0) if fit_intercept else np.zeros(d)
     else:
         z0 = np.append(-1e-3 * g0 / np.linalg.norm(g0), b0) if fit_intercept else -1e-3 * g0 / np.linalg.norm(g0)
-        result = minimize(value_and_grad, z0, jac=True, hessp=hess_vec, method="trust-ncg",
-                          options={"gtol": tol * scale, "maxiter": max_iter, "disp": verbose})
+        with threadpool_limits(1 if X.size <= _SINGLE_THREAD_SIZE else None):  # as in robust_logistic_linf
+            result = minimize(value_and_grad, z0, jac=True, hessp=hess_vec, method="trust-ncg",
+                              options={"gtol": tol * scale, "maxiter": max_iter, "disp": verbose})
         z, n_iter = result.x, int(result.nit)
     w, b = split(z)
     m = margins(w, b)
