@@ -207,10 +207,11 @@ class ModelFileError(ValueError):
     """A model file that is missing, not ours, or tampered with."""
 
 
-def _flat_layers(model):
+def flat_layers(model):
+    """The layers of a Sequential, nested Sequentials flattened, in order."""
     if isinstance(model, nn.Sequential):
         for child in model:
-            yield from _flat_layers(child)
+            yield from flat_layers(child)
     else:
         yield model
 
@@ -316,7 +317,7 @@ def save(model, path) -> None:
     if not isinstance(model, nn.Sequential):
         raise ValueError(f"model must be an nn.Sequential of supported layers ({', '.join(SUPPORTED_LAYERS)}); "
                          f"got {type(model).__name__}")
-    layers = list(_flat_layers(model))
+    layers = list(flat_layers(model))
     specs = [_layer_spec(layer) for layer in layers]
     flat = nn.Sequential(*layers)
     state = {k: v.detach().cpu().clone() for k, v in flat.state_dict().items()}

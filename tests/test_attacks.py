@@ -11,13 +11,7 @@ from robustopt.sets import Ball
 NORMS = ["inf", 2, 1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models run fastest on one thread (and do not fight the other tests for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _exact_linear_margin(layer, x, y, ball):

@@ -13,6 +13,9 @@ from robustopt.data import load_digits
 from robustopt.layers import Normalize
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 # ---------------------------------------------------------------------------------------------- builders
 def test_mlp_layers_and_shapes():
     model = models.mlp(64, (32, 16), 10)

@@ -20,7 +20,7 @@ _ENSEMBLE_OPTIONS = ("eps", "norm", "lower", "upper", "seed", "steps", "restarts
 
 def ensemble_attacks(classes, steps=100, restarts=1, n_targets=None, seed=None, **common):
     """The ensemble's attacks, strongest-per-cost first: (name, function, keyword arguments)."""
-    n_targets = min(classes - 1, 3) if n_targets is None else n_targets
+    n_targets = min(classes - 1, 9) if n_targets is None else n_targets
     target_loss = "dlr" if classes >= 4 else "margin"
     shared = dict(common, steps=steps, restarts=restarts, seed=seed, early_stop=True)
     return [
@@ -41,9 +41,9 @@ def evaluate_robustness(model, X, y, attack="pgd", batch_size=256, progress=True
     Only examples classified correctly are attacked; an example counts as robust when it is classified correctly
     and the attack fails, so ``robust_accuracy`` is an upper bound on the true robust accuracy.
     ``"ensemble"`` runs PGD with the margin loss, APGD with cross-entropy, then multi-targeted APGD with the DLR
-    loss (on the 3 most likely wrong classes by default); each runs only on the examples still standing, and an
-    example is robust only if all of them fail. It accepts ``eps, norm, lower, upper, seed, steps (100),
-    restarts (1), n_targets``.
+    loss (against the 9 most likely wrong classes by default, as AutoAttack does); each runs only on the examples
+    still standing, and an example is robust only if all of them fail. It accepts ``eps, norm, lower, upper,
+    seed, steps (100), restarts (1), n_targets``.
 
     Returns a dict: ``clean_accuracy``, ``robust_accuracy``, ``n``, ``seconds``, ``attack``, and per example
     (numpy, shape (n,)): ``clean_margin``, ``margin`` (the lowest margin found, the clean point included: an upper
