@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .._validation import check_eps
 from .api import DEFAULT_BATCH_SIZE, Problem, _check_options, labels_tensor, margin_bounds, margin_spec, spread_margins
 from .methods import get_method
+from .parallel import check_n_jobs, solve_examples
 
 __all__ = ["CertifyResult", "certify", "certified_radius"]
 
@@ -104,13 +105,17 @@ def _method_options(module, options, time_limit):
 
 def certify(model, X, y, eps, norm="inf", method="crown", lower=0.0, upper=1.0, *, batch_size=DEFAULT_BATCH_SIZE,
             time_limit=None, progress=True, attack=True, attack_steps=ATTACK_STEPS, dtype=torch.float64,
-            **options) -> CertifyResult:
+            n_jobs=1, **options) -> CertifyResult:
     """Certify, falsify or leave unknown each example (see the module docstring).
 
     ``time_limit``: seconds per example for the methods that take it. ``attack=False`` skips PGD
-    (``attack_steps`` sets its length). Other keyword options go to the method.
+    (``attack_steps`` sets its length). ``n_jobs``: processes for the solver methods (``lp``,
+    ``lp-cvxpy``, ``milp``), which then run example by example (:mod:`.parallel`; the same results for
+    any ``n_jobs`` when no time limit binds); the torch methods stay batched in this process. Other
+    keyword options go to the method.
     """
     start = time.perf_counter()
+    n_jobs = check_n_jobs(n_jobs)
     _check_options(options)
     module = get_method(method)
     options = _method_options(module, options, time_limit)
@@ -140,7 +145,8 @@ def certify(model, X, y, eps, norm="inf", method="crown", lower=0.0, upper=1.0, 
         # iterative methods and solvers only run on open examples (a falsified one could never settle them)
         run = idx[~falsified[idx]] if module.SOLVER or "stop_at" in module.OPTIONS else idx
         if len(run):
-            res = problem.bounds(spec, method, run, options)
+            res = (solve_examples(problem, spec, method, run, options, n_jobs, progress) if module.SOLVER
+                   else problem.bounds(spec, method, run, options))
             bounds[run] = spread_margins(res.lower, y[run], k)
             if res.points is not None:  # e.g. the MILP's minimizers: keep those that really break the margin
                 pts = res.points.to(net.dtype)

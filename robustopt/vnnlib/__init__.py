@@ -9,10 +9,13 @@ equality: a point where ``Y_j = Y_y`` satisfies ``Y_j >= Y_y``. ``X_i`` index th
 C order.
 
 :class:`Property` keeps the box and the condition in disjunctive normal form, ``OR_i (A_i Y <= b_i)``.
+:func:`verify_property` decides a property for a network (attack, bounds, exact MILP); :mod:`.runner` runs
+VNN-COMP instances and instance CSVs (``robustopt vnnlib`` / ``robustopt vnncomp``).
 """
 from .property import Property, local_robustness
 from .reader import load, parse, read_result
+from .verify import verify_property
 from .writer import RESULTS, format_result, save, to_vnnlib, write_result
 
 __all__ = ["Property", "load", "parse", "local_robustness", "save", "to_vnnlib", "format_result", "write_result",
-           "read_result", "RESULTS"]
+           "read_result", "RESULTS", "verify_property"]

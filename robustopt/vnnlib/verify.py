@@ -1,0 +1,214 @@
+r"""Decide a VNNLIB property for a network: :func:`verify_property`.
+
+With :math:`h_i(x) = \max_r (A_{ir} f(x) - b_{ir})` per disjunct (:mod:`.objective`), the property is
+**sat** iff some x in the box has :math:`h_i(x) \le 0` for some i, **unsat** iff every disjunct is refuted,
+:math:`\min_x h_i(x) > 0`. ``method="auto"`` runs the stages cheapest first and stops at the first verdict:
+
+1. **attack**: the box centre, then PGD (``robustopt.attacks.pgd``, margin loss, ``attack_restarts`` random
+   starts in one batch, early stop) minimizing :math:`\min_i h_i`;
+2. **bounds**: CROWN, then alpha-CROWN (``robustopt.verify.spec_bounds`` on the rows :math:`A_{ir}` of the
+   disjuncts still open). Disjunct i is refuted when some row has a proven lower bound
+   :math:`\min_x A_{ir} f(x) > b_{ir}` (strictly: equality is a counterexample);
+3. **targeted attack**: PGD again, one run per disjunct still open (multi-targeted), on its :math:`h_i`;
+4. **milp**: the exact MILP (``robustopt.verify`` method ``"milp"``) on :math:`h_i` of the open disjuncts,
+   within the time left, stopping as soon as the verdict is known. A disjunct is refuted by a proven lower
+   bound > 0; the MILP's minimizers are candidate witnesses.
+
+A witness from any stage is reported only after :meth:`Property.check_witness` replays it: clipped to the
+box in float64, run through a float64 copy of the model, and tested against the condition with exact
+comparisons (ties satisfy ``>=``). A witness that fails the replay is dropped, never reported.
+
+``result`` is ``"sat"``, ``"unsat"``, ``"timeout"`` (the time limit ran out first) or ``"unknown"`` (the
+methods asked for could not decide, e.g. an incomplete ``method`` or a solver error).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._validation import check_choice, check_positive_int
+from ..verify.methods import check_time_limit
+from .objective import ObjectiveView, objective_model
+from .property import Property
+
+__all__ = ["verify_property", "METHODS", "DEFAULT_TIME_LIMIT"]
+
+METHODS = ("auto", "ibp", "crown", "alpha-crown", "dual", "lp", "milp")
+DEFAULT_TIME_LIMIT = 300.0
+AUTO_BOUNDS = ("crown", "alpha-crown")
+TARGETED_SHARE = 4  # the targeted attack runs attack_restarts // 4 starts per open disjunct
+WITNESS_TRIES = 4  # attack points replayed per attack
+WITNESS_SLACK = 1e-9  # attack margins up to this are replayed (the replay decides)
+
+
+class _Run:
+    """One verification: the model, the property, the ball and the clock."""
+
+    def __init__(self, model, prop, time_limit, input_shape):
+        self.start = time.perf_counter()
+        self.model, self.prop, self.time_limit = model, prop, time_limit
+        self.shape = tuple(input_shape) if input_shape is not None else tuple(
+            getattr(model, "input_shape", (prop.num_inputs,)))
+        device = next((t.device for t in model.parameters()), torch.device("cpu"))
+        self.x, self.eps, self.lower, self.upper = prop.ball(self.shape, torch.float64, device)
+        self.open = list(range(len(prop.disjuncts)))  # disjuncts not refuted yet
+        self.disjunct_lower = np.full(len(prop.disjuncts), -np.inf)  # proven lower bounds on min_x h_i(x)
+        self.witness = None
+        self.decided_by = None
+
+    def left(self):
+        return None if self.time_limit is None else self.time_limit - (time.perf_counter() - self.start)
+
+    def out_of_time(self) -> bool:
+        left = self.left()
+        return left is not None and left <= 0
+
+    # ------------------------------------------------------------------ witnesses
+    def try_witness(self, points, stage) -> bool:
+        """Replay candidate points (p, *shape) in float64; keep the first that is a real counterexample."""
+        lo, hi = self.prop.lower, self.prop.upper
+        for point in points:
+            x = np.clip(point.detach().cpu().double().numpy().reshape(-1), lo, hi)
+            ok, y = self.prop.check_witness(self.model, x, self.shape)
+            if ok:
+                self.witness, self.decided_by = {"x": x, "y": y}, stage
+                return True
+        return False
+
+    # ------------------------------------------------------------------ stages
+    def attack(self, steps, restarts, seed, targeted) -> bool:
+        """PGD minimizing min_i h_i over the open disjuncts from ``restarts`` random starts at once
+        (``targeted``: one run per open disjunct, on its h_i alone); the best points are replayed."""
+        from ..attacks import pgd
+
+        view = ObjectiveView(objective_model(self.model, self.prop, self.open))
+        batch = lambda t: t.expand(restarts, *t.shape[1:])
+        label = torch.zeros(restarts, dtype=torch.long, device=self.x.device)
+        result = pgd(view, batch(self.x), label, self.eps, norm="inf", steps=steps, loss="margin",
+                     lower=batch(self.lower), upper=batch(self.upper), seed=seed, early_stop=True,
+                     n_targets=len(self.open) if targeted else None)
+        order = torch.argsort(result.margin)[:WITNESS_TRIES]
+        return self.try_witness(result.x_adv[order[result.margin[order] <= WITNESS_SLACK]], "attack")
+
+    def refute(self, method) -> None:
+        """Incomplete bounds on every row of the open disjuncts; drop the refuted ones."""
+        from ..verify import get_method, spec_bounds
+
+        rows = [(i, r) for i in self.open for r in range(len(self.prop.disjuncts[i][1]))]
+        C = torch.as_tensor(np.stack([self.prop.disjuncts[i][0][r] for i, r in rows]), dtype=torch.float64,
+                            device=self.x.device)
+        options = {}
+        if self.time_limit is not None and "time_limit" in get_method(method).OPTIONS:
+            options["time_limit"] = max(self.left(), 1e-3)
+        lb = spec_bounds(self.model, self.x, C, self.eps, "inf", method, self.lower, self.upper, **options)[0]
+        lb = lb.detach().cpu().double().numpy()
+        refuted = set()
+        for (i, r), value in zip(rows, lb):
+            b = self.prop.disjuncts[i][1][r]
+            self.disjunct_lower[i] = max(self.disjunct_lower[i], value - b)
+            if value > b:
+                refuted.add(i)
+        if refuted and self.decided_by is None:
+            self.decided_by = method
+        self.open = [i for i in self.open if i not in refuted]
+
+    def exact(self) -> str | None:
+        """The MILP on h_i of each open disjunct (weakest proven bound first), one program per disjunct,
+        within the time left. Returns "timeout" when time ran out with disjuncts open, else None (refuted
+        disjuncts are dropped; a replayed minimizer becomes the witness)."""
+        from ..verify.api import Problem
+
+        order = sorted(self.open, key=lambda i: self.disjunct_lower[i])
+        problem = Problem(objective_model(self.model, self.prop, order), self.x, self.eps, "inf", self.lower,
+                          self.upper)
+        example = torch.arange(1, device=self.x.device)
+        refuted, timed_out = set(), False
+        for t, i in enumerate(order):
+            if self.out_of_time():
+                break
+            row = torch.zeros(1, len(order), dtype=torch.float64, device=self.x.device)
+            row[0, t] = 1.0
+            options = {"stop_at": 0.0, "time_limit": None if self.time_limit is None else max(self.left(), 1e-3)}
+            res = problem.bounds(row, "milp", example, options)
+            points = res.points[0] if res.points is not None else torch.zeros(0, self.x[0].numel())
+            points = points[~torch.isnan(points).any(1)]
+            if len(points) and self.try_witness(points.reshape(-1, *self.shape), "milp"):
+                return None
+            value = float(res.lower[0, 0])
+            self.disjunct_lower[i] = max(self.disjunct_lower[i], value)
+            if value > 0:
+                refuted.add(i)
+            timed_out |= res.status is not None and str(res.status[0]) == "time_limit"
+        if refuted:
+            self.decided_by = "milp"
+        self.open = [i for i in self.open if i not in refuted]
+        return "timeout" if self.open and (timed_out or self.out_of_time()) else None
+
+    def report(self, result):
+        counterexample = self.witness if result == "sat" else None
+        return {"result": result, "counterexample": counterexample, "seconds": time.perf_counter() - self.start,
+                "decided_by": self.decided_by if result in ("sat", "unsat") else None,
+                "disjunct_lower": self.disjunct_lower.copy()}
+
+
+def _check_model(model, prop, shape):
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch nn.Module (e.g. from robustopt.onnx.load); got {type(model).__name__}")
+    if not isinstance(prop, Property):
+        raise ValueError(f"prop must be a robustopt.vnnlib.Property (from robustopt.vnnlib.load); "
+                         f"got {type(prop).__name__}")
+    if int(np.prod(shape)) != prop.num_inputs:
+        raise ValueError(f"the input shape {tuple(shape)} has {int(np.prod(shape))} entries but the property has "
+                         f"{prop.num_inputs} inputs; pass input_shape=")
+
+
+def verify_property(model, prop, method="auto", time_limit=DEFAULT_TIME_LIMIT, *, input_shape=None, attack=True,
+                    attack_steps=100, attack_restarts=16, seed=0) -> dict:
+    """Decide ``prop`` (a :class:`Property`) for ``model`` (an ``nn.Sequential`` of supported layers, e.g.
+    from :func:`robustopt.onnx.load`); see the module docstring.
+
+    ``method``: ``"auto"`` (attack, CROWN, alpha-CROWN, targeted attack, then the exact MILP), ``"milp"``
+    (attacks, then the MILP), or one bound method (``"ibp"``, ``"crown"``, ``"alpha-crown"``, ``"dual"``,
+    ``"lp"``): attack, then that method alone (it can prove unsat, never sat; undecided is "unknown").
+    ``time_limit``: seconds for the whole call (``None``: no limit); the solvers get what the earlier stages
+    left. ``input_shape``: the shape of one input (default ``model.input_shape``, else flat). ``attack=False``
+    skips the attacks; ``attack_steps`` (PGD steps), ``attack_restarts`` (random starts, run as one batch)
+    and ``seed`` configure them.
+
+    Returns a dict: ``result`` ("sat", "unsat", "timeout", "unknown"), ``counterexample`` (for sat:
+    ``{"x": (num_inputs,), "y": (num_outputs,)}`` float64 arrays, the replayed witness; else None),
+    ``seconds`` (wall time), ``decided_by`` (the stage that settled a sat / unsat verdict) and
+    ``disjunct_lower`` (the best proven lower bound on :math:`\\min_x h_i(x)` per disjunct, -inf where none).
+    """
+    check_choice(method, METHODS, "method")
+    time_limit = check_time_limit(time_limit)
+    attack_steps = check_positive_int(attack_steps, "attack_steps")
+    attack_restarts = check_positive_int(attack_restarts, "attack_restarts")
+    run = _Run(model, prop, time_limit, input_shape)
+    _check_model(model, prop, run.shape)
+    if run.try_witness(run.x, "attack") or (attack and run.attack(attack_steps, attack_restarts, seed, False)):
+        return run.report("sat")
+    bound_methods = AUTO_BOUNDS if method == "auto" else (() if method == "milp" else (method,))
+    for name in bound_methods:
+        if not run.open:
+            break
+        if run.out_of_time():
+            return run.report("timeout")
+        run.refute(name)
+    if run.open and method in ("auto", "milp"):
+        targeted_restarts = max(1, attack_restarts // TARGETED_SHARE)
+        if attack and run.attack(attack_steps, targeted_restarts, seed, True):
+            return run.report("sat")
+        if run.out_of_time():
+            return run.report("timeout")
+        verdict = run.exact()
+        if run.witness is not None:
+            return run.report("sat")
+        if verdict is not None:
+            return run.report(verdict)
+    if not run.open:
+        return run.report("unsat")
+    return run.report("timeout" if run.out_of_time() else "unknown")
