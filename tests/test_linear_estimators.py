@@ -181,3 +181,12 @@ def test_bad_data_raise_a_clear_value_error(digits01):
     boxed = RobustLogisticRegression(lower=0.0, upper=1.0).fit(X, y)
     with pytest.raises(ValueError, match="X"):
         boxed.robust_score(X_test + 2.0, y_test)
+
+
+def test_demo_table_compares_a_standard_and_a_robust_model(digits01):
+    from robustopt.linear import demo_table
+    rows = demo_table(*digits01, eps=0.2)
+    assert [r["model"] for r in rows] == ["standard logistic", "robust logistic"]
+    standard, robust = rows
+    assert robust["robust_error"] < standard["robust_error"]
+    assert all(r["clean_error"] <= r["robust_error"] for r in rows)
