@@ -9,20 +9,14 @@ from robustopt import models
 from robustopt.data import load_digits
 from robustopt.sets import Ball
 from robustopt.train import METHODS, evaluate, robust_loss, train
-from robustopt.train.losses import Context, crown_ibp_margins, ibp_margins, onestep, trades_point
+from robustopt.train.losses import (Context, crown_ibp_margins, ibp_margins, onestep, trades_point,
+                                     worst_case_logits)
 from robustopt.train.schedules import lr_factor, ramp
 from robustopt.verify import margin_bounds, network
+from verify_helpers import one_thread  # noqa: F401  (fixture: small models run fastest on one thread)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = 0.1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models run fastest on one thread (and do not fight the other tests for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +127,18 @@ def test_differentiable_bounds_equal_verify_bounds(norm):
     model = fresh_mlp(hidden=(20, 20)).double()
     x, y = torch.rand(5, 64, dtype=torch.float64), torch.randint(0, 10, (5,))
     ctx = Context(0.05, norm, 0.0, 1.0, options={"crown_weight": (1.0, 1.0)})
-    ibp = ibp_margins(model, x, y, ctx)
-    reference = margin_bounds(model, x, y, 0.05, norm, method="ibp")
-    torch.testing.assert_close(ibp.masked_fill(ibp == 0, math.inf), reference)  # column y: 0 here, +inf there
+    others = torch.ones(5, 10, dtype=torch.bool).scatter_(1, y.view(5, 1), False)
+
+    def spread(rows):  # (n, k - 1) bounds -> (n, k) with +inf at y, as margin_bounds gives them
+        logits = worst_case_logits(rows, y)
+        assert bool((logits[~others] == 0).all())
+        return (-logits).masked_fill(~others, math.inf)
+
+    torch.testing.assert_close(spread(ibp_margins(model, x, y, ctx)), margin_bounds(model, x, y, 0.05, norm, method="ibp"))
     _, inter = margin_bounds(model, x, y, 0.05, norm, method="ibp", return_intermediate=True)
     crown_ibp = crown_ibp_margins(model, x, y, ctx)
     reference = margin_bounds(model, x, y, 0.05, norm, method="crown", intermediate=inter)
-    torch.testing.assert_close(crown_ibp.masked_fill(crown_ibp == 0, math.inf), reference)
+    torch.testing.assert_close(spread(crown_ibp), reference)
     crown_ibp.sum().backward()
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.parameters())
     assert not network(model).affine[0].weight.requires_grad  # the default canonical form stays detached

@@ -8,7 +8,7 @@ import torch
 
 from .._validation import check_positive_int
 from ..attacks import evaluate_robustness
-from ..verify import certify
+from ..verify import certify, get_method
 
 __all__ = ["evaluate"]
 
@@ -37,13 +37,16 @@ def evaluate(model, X, y, eps, norm="inf", lower=0.0, upper=1.0, *, pgd_steps=40
     PGD (``pgd_steps`` steps, 0 to skip the attack (then ``pgd_accuracy`` is None), ``pgd_restarts`` restarts, loss ``pgd_loss``) gives an upper bound on the true
     robust accuracy; each certification method in ``certify_methods`` (names of :func:`robustopt.verify.certify`
     methods, or ``(name, n)`` pairs to run on the first n examples only: slow methods on a subset) a lower
-    bound, computed in float64 without an attack. ``time_limit``: seconds per example for solver methods.
+    bound, computed in float64 without an attack. ``time_limit``: seconds per example, for the methods that take
+    one (solvers, alpha-CROWN).
 
     Returns a dict: ``clean_accuracy``, ``pgd_accuracy``, ``n``, ``certified_accuracy`` ({method: value}),
-    ``certified_n`` ({method: examples used}), ``seconds`` ({"pgd": ..., method: ...}).
+    ``certified_n`` ({method: examples used}), ``seconds`` ({"pgd": ..., method: ...}), and per example (numpy
+    bool): ``pgd_robust`` (n,) and ``certified`` ({method: (n_method,)}). A certified example the attack broke
+    would be a soundness bug: check ``certified[m] <= pgd_robust[:n_m]``.
     """
     plan = _certify_plan(certify_methods, len(y))
-    out = {"n": len(y), "certified_accuracy": {}, "certified_n": {}, "seconds": {}}
+    out = {"n": len(y), "certified_accuracy": {}, "certified_n": {}, "seconds": {}, "certified": {}}
     tic = time.perf_counter()
     pgd_steps = check_positive_int(pgd_steps, "pgd_steps", minimum=0)
     attacked = evaluate_robustness(model, X, y, attack="pgd", batch_size=batch_size, progress=progress,
@@ -52,12 +55,15 @@ def evaluate(model, X, y, eps, norm="inf", lower=0.0, upper=1.0, *, pgd_steps=40
     out["seconds"]["pgd"] = time.perf_counter() - tic
     out["clean_accuracy"] = attacked["clean_accuracy"]
     out["pgd_accuracy"] = attacked["robust_accuracy"] if pgd_steps else None
+    out["pgd_robust"] = attacked["robust"] if pgd_steps else attacked["clean_margin"] > 0
     for method, n in plan:
         tic = time.perf_counter()
+        takes_limit = time_limit is not None and "time_limit" in get_method(method).OPTIONS
         result = certify(model, _rows(X, n), _rows(y, n), eps, norm, method, lower, upper, batch_size=batch_size,
-                         time_limit=time_limit, progress=progress, attack=False)
+                         time_limit=time_limit if takes_limit else None, progress=progress, attack=False)
         out["certified_accuracy"][method] = result.certified_accuracy
         out["certified_n"][method] = n
+        out["certified"][method] = result.status == "certified"
         out["seconds"][method] = time.perf_counter() - tic
     return out
 

@@ -22,6 +22,7 @@ from .. import attacks
 from ..attacks._common import eval_mode
 from ..sets import Ball
 from ..verify import network, run_method
+from ..verify.api import margin_spec
 
 __all__ = ["Context", "Method", "METHODS", "worst_case_logits"]
 
@@ -142,17 +143,19 @@ def onestep(model, x, y, ctx):
 # ---------------------------------------------------------------------------------------------- certified
 def margin_spec_network(model, x, y):
     """The canonical network of ``model`` (weights attached to its parameters, in x's dtype) with the
-    specification rows :math:`e_y - e_j` for every j (row y is zero) folded into the last layer."""
+    specification rows :math:`e_y - e_j`, j != y (:func:`robustopt.verify.api.margin_spec`), folded into the
+    last layer: its outputs are the k - 1 margins."""
     net = network(model, input_shape=tuple(x.shape[1:]), dtype=x.dtype, keep_graph=True)
-    k = net.out_features
-    eye = torch.eye(k, dtype=x.dtype, device=x.device)
-    return net.with_spec(eye[y].unsqueeze(1) - eye.unsqueeze(0))
+    return net.with_spec(margin_spec(y, net.out_features, x.dtype))
 
 
-def worst_case_logits(margin_lower: torch.Tensor) -> torch.Tensor:
-    r"""Logits :math:`z_j = -\underline m_j` from lower bounds on the margins :math:`m_j = f_y - f_j` (column y
-    is 0): :math:`\mathrm{CE}(z, y) \ge \max_{x' \in B} \mathrm{CE}(f(x'), y)` (Wong & Kolter; Gowal et al.)."""
-    return -margin_lower
+def worst_case_logits(margin_lower: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""Logits :math:`z_y = 0`, :math:`z_j = -\underline m_j` from lower bounds (n, k - 1) on the margins
+    :math:`m_j = f_y - f_j` (in the order of ``margin_spec``): then
+    :math:`\mathrm{CE}(z, y) \ge \max_{x' \in B} \mathrm{CE}(f(x'), y)` (Wong & Kolter; Gowal et al.). Shape (n, k)."""
+    n, k = margin_lower.shape[0], margin_lower.shape[1] + 1
+    others = torch.ones(n, k, dtype=torch.bool, device=y.device).scatter_(1, y.view(n, 1), False)
+    return margin_lower.new_zeros(n, k).masked_scatter(others, -margin_lower)
 
 
 def _certified_mixture(model, x, y, ctx, margin_lower_fn):
@@ -162,12 +165,12 @@ def _certified_mixture(model, x, y, ctx, margin_lower_fn):
     kappa = ctx.ramped("kappa")
     if ctx.eps == 0 or kappa == 1:  # at eps = 0 the bounds are the exact margins: the loss is the clean one
         return clean, logits
-    robust = F.cross_entropy(worst_case_logits(margin_lower_fn(model, x, y, ctx)), y)
+    robust = F.cross_entropy(worst_case_logits(margin_lower_fn(model, x, y, ctx), y), y)
     return kappa * clean + (1 - kappa) * robust, logits
 
 
 def ibp_margins(model, x, y, ctx):
-    """IBP lower bounds on all margins, (n, k), differentiable in the weights."""
+    """IBP lower bounds on the margins, (n, k - 1), differentiable in the weights."""
     return run_method("ibp", margin_spec_network(model, x, y), x, ctx.ball, compute_upper=False).lower
 
 
