@@ -47,11 +47,9 @@ WITNESS_SLACK = 1e-9  # attack margins up to this are replayed (the replay decid
 class _Run:
     """One verification: the model, the property, the ball and the clock."""
 
-    def __init__(self, model, prop, time_limit, input_shape):
+    def __init__(self, model, prop, time_limit, shape):
         self.start = time.perf_counter()
-        self.model, self.prop, self.time_limit = model, prop, time_limit
-        self.shape = tuple(input_shape) if input_shape is not None else tuple(
-            getattr(model, "input_shape", (prop.num_inputs,)))
+        self.model, self.prop, self.time_limit, self.shape = model, prop, time_limit, shape
         device = next((t.device for t in model.parameters()), torch.device("cpu"))
         self.x, self.eps, self.lower, self.upper = prop.ball(self.shape, torch.float64, device)
         self.open = list(range(len(prop.disjuncts)))  # disjuncts not refuted yet
@@ -154,15 +152,18 @@ class _Run:
                 "disjunct_lower": self.disjunct_lower.copy()}
 
 
-def _check_model(model, prop, shape):
+def _input_shape(model, prop, input_shape) -> tuple:
+    """The shape of one input, checked against the property (and the model and property types)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module (e.g. from robustopt.onnx.load); got {type(model).__name__}")
     if not isinstance(prop, Property):
         raise ValueError(f"prop must be a robustopt.vnnlib.Property (from robustopt.vnnlib.load); "
                          f"got {type(prop).__name__}")
+    shape = tuple(input_shape) if input_shape is not None else tuple(getattr(model, "input_shape", (prop.num_inputs,)))
     if int(np.prod(shape)) != prop.num_inputs:
         raise ValueError(f"the input shape {tuple(shape)} has {int(np.prod(shape))} entries but the property has "
                          f"{prop.num_inputs} inputs; pass input_shape=")
+    return shape
 
 
 def verify_property(model, prop, method="auto", time_limit=DEFAULT_TIME_LIMIT, *, input_shape=None, attack=True,
@@ -187,8 +188,7 @@ def verify_property(model, prop, method="auto", time_limit=DEFAULT_TIME_LIMIT, *
     time_limit = check_time_limit(time_limit)
     attack_steps = check_positive_int(attack_steps, "attack_steps")
     attack_restarts = check_positive_int(attack_restarts, "attack_restarts")
-    run = _Run(model, prop, time_limit, input_shape)
-    _check_model(model, prop, run.shape)
+    run = _Run(model, prop, time_limit, _input_shape(model, prop, input_shape))
     if run.try_witness(run.x, "attack") or (attack and run.attack(attack_steps, attack_restarts, seed, False)):
         return run.report("sat")
     bound_methods = AUTO_BOUNDS if method == "auto" else (() if method == "milp" else (method,))
