@@ -162,13 +162,14 @@ def load_model(path, device=None):
     return model.eval()
 
 
-def load_data(args, flatten=False):
-    """(X, y) as numpy arrays from ``--data`` / ``--root`` / ``--split``, then ``--start`` / ``--n``."""
+def load_data(args, flatten=False, classes=None, split=None):
+    """(X, y) as numpy arrays from ``--data`` / ``--root`` / ``--split`` (or ``split``), keeping only ``classes``
+    when given, then ``--start`` / ``--n``."""
     import numpy as np
 
     from .. import data
 
-    source = args.data
+    source, split = args.data, split or args.split
     if source.lower().endswith(".npz"):
         if not os.path.isfile(source):
             raise CommandError(f"--data: file {source!r} does not exist")
@@ -182,12 +183,17 @@ def load_data(args, flatten=False):
         except (OSError, ValueError) as err:
             raise CommandError(f"--data {source}: not a readable .npz file ({err})") from None
         X = np.asarray(X, dtype=np.float32) if np.issubdtype(X.dtype, np.number) else X
+        if classes is not None:
+            keep = np.isin(y, classes)
+            if not keep.any():
+                raise CommandError(f"--data {source}: no examples with labels {list(classes)}")
+            X, y = X[keep], y[keep]
     elif source == "digits":
-        X, y = data.load_digits(split=args.split, flatten=flatten)
+        X, y = data.load_digits(split=split, flatten=flatten, classes=classes)
     elif source == "mnist":
-        X, y = data.load_mnist(args.root, split=args.split, flatten=flatten)
+        X, y = data.load_mnist(args.root, split=split, flatten=flatten, classes=classes)
     elif source == "fashion-mnist":
-        X, y = data.load_fashion_mnist(args.root, split=args.split, flatten=flatten)
+        X, y = data.load_fashion_mnist(args.root, split=split, flatten=flatten, classes=classes)
     else:
         raise CommandError(f"--data must be one of {', '.join(DATASETS)} or a .npz file; got {source!r}")
     if args.start < 0 or (args.n is not None and args.n < 1):
