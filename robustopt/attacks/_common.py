@@ -2,6 +2,7 @@
 record of the best point found."""
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -45,9 +46,8 @@ class Objective:
     logits ratio; targeted and pairwise use its targeted form).
     """
 
-    def __init__(self, loss, y, target=None, goal="untargeted", classes=None):
+    def __init__(self, loss, y, target, goal, classes):
         self.loss_name, self.y, self.target, self.goal = loss, y, target, goal
-        classes = classes if classes is not None else int(y.max()) + 1
         self.mask_y = F.one_hot(y, classes).bool()
         self.mask_t = F.one_hot(target, classes).bool() if target is not None else None
 
@@ -91,14 +91,14 @@ def check_loss(loss, classes, goal):
 # ---------------------------------------------------------------------------------------------- problem setup
 @dataclass
 class Problem:
-    """One batch to attack: the model, centres ``x`` (n, ...), labels, the ball, and the per-example step."""
+    """One batch to attack: the model, centres ``x`` (n, ...), labels (and targets), the ball, the number of
+    classes."""
     model: nn.Module
     x: torch.Tensor
     y: torch.Tensor
     target: torch.Tensor | None
     ball: Ball
     classes: int
-    clean_logits: torch.Tensor
 
     def subset(self, keep):
         """The problem restricted to examples ``keep`` (bool mask or indices)."""
@@ -107,8 +107,7 @@ class Problem:
                        target=self.target[keep] if self.target is not None else None,
                        ball=Ball(_rows(self.ball.eps, keep, n, 1), self.ball.norm,
                                  _rows(self.ball.lower, keep, n, self.x.dim()),
-                                 _rows(self.ball.upper, keep, n, self.x.dim())),
-                       clean_logits=self.clean_logits[keep])
+                                 _rows(self.ball.upper, keep, n, self.x.dim())))
 
     def objective(self, loss, goal=None, target=None):
         goal = goal or ("targeted" if self.target is not None else "untargeted")
@@ -139,10 +138,11 @@ def setup(model, x, y, eps, norm, lower, upper, targeted=None) -> Problem:
     ball = Ball(eps, norm, lower, upper)
     ball.check_center(x)
     with eval_mode(model), torch.no_grad():
-        logits = model(x)
-    if logits.dim() != 2 or logits.shape[0] != n:
-        raise ValueError(f"the model must output logits of shape (n, classes); got {tuple(logits.shape)}")
-    classes = logits.shape[1]
+        probe = model(x[:1])  # one example tells the number of classes
+    if probe.dim() != 2 or probe.shape[0] != 1:
+        raise ValueError(f"the model must output logits of shape (n, classes); got {tuple(probe.shape)} for one "
+                         f"example")
+    classes = probe.shape[1]
     y = as_labels(y, n, classes, "y", device=device)
     target = None
     if targeted is not None:
@@ -150,7 +150,7 @@ def setup(model, x, y, eps, norm, lower, upper, targeted=None) -> Problem:
         if bool((target == y).any()):
             raise ValueError("targeted must differ from y for every example (a target class other than the "
                              "true label)")
-    return Problem(model, x, y, target, ball, classes, logits)
+    return Problem(model, x, y, target, ball, classes)
 
 
 def step_sizes(step_size, ball: Ball, steps: int, x: torch.Tensor):
@@ -237,7 +237,9 @@ def run_attack(problem: Problem, run, loss="ce", n_targets=None, restarts=1, ran
         if n_targets > problem.classes - 1:
             raise ValueError(f"n_targets must be <= {problem.classes - 1} (the number of wrong classes); got "
                              f"{n_targets}")
-        wrong = problem.clean_logits.masked_fill(F.one_hot(problem.y, problem.classes).bool(), -math.inf)
+        with eval_mode(problem.model), torch.no_grad():
+            clean = problem.model(problem.x)
+        wrong = clean.masked_fill(F.one_hot(problem.y, problem.classes).bool(), -math.inf)
         ranked = wrong.argsort(1, descending=True)
         targets, goal = [ranked[:, i] for i in range(n_targets)], "pairwise"
     check_loss(loss, problem.classes, goal)
@@ -266,7 +268,7 @@ class Record:
 
     def __init__(self, problem: Problem):
         n = problem.x.shape[0]
-        like = problem.clean_logits
+        like = problem.x
         self.x = problem.x.clone()
         self.score = torch.full((n,), math.inf, dtype=like.dtype, device=like.device)
         self.margin = torch.full_like(self.score, math.inf)
@@ -302,12 +304,22 @@ def forward(model, objective: Objective, x):
         return logits, objective.loss(logits)
 
 
+@functools.lru_cache(maxsize=8)
+def _ones_cached(n, dtype, device):
+    return torch.ones(n, dtype=dtype, device=device)
+
+
+def _ones(loss):
+    """d(sum of the per-example losses) / d(loss): a vector of ones, made once per shape (no reduction kernel)."""
+    return _ones_cached(loss.shape[0], loss.dtype, loss.device)
+
+
 def forward_backward(model, objective: Objective, x):
     """Forward, and backward to the input only (no parameter gradients): (logits, loss (n,), grad of the
     summed loss w.r.t. x). ``x`` must be a tensor without history; it is left as it was."""
     x.requires_grad_(True)
     logits = model(x)
     loss = objective.loss(logits)
-    grad, = torch.autograd.grad(loss.sum(), x)
+    grad, = torch.autograd.grad(loss, x, grad_outputs=_ones(loss))
     x.requires_grad_(False)
     return logits.detach(), loss.detach(), grad
