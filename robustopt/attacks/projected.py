@@ -5,9 +5,10 @@ For a batch ``x`` (n, ...) with labels ``y`` and the set :math:`B(x) = \{x' : \|
 
 .. math::  x^{k+1} = P_{B(x)}\big(x^k + \alpha\, s(\nabla_x L(f(x^k)))\big)
 
-with :math:`s` the steepest-ascent direction of the norm (sign for ℓ∞, :math:`g/\|g\|_2` for ℓ2, the top
-coordinates for ℓ1) and :math:`P` the exact projection onto ball ∩ box. Every returned point lies in B(x), so its
-margin is an upper bound on the minimum margin over the ball.
+with :math:`s` the steepest-ascent direction of the norm (sign for ℓ∞, :math:`g/\|g\|_2` for ℓ2; for ℓ1 the
+``max(1, d // 100)`` largest gradient coordinates, skipping those pinned at the box) and :math:`P` the exact
+projection onto ball ∩ box. Every returned point lies in B(x), so its margin is an upper bound on the minimum
+margin over the ball.
 """
 from __future__ import annotations
 
