@@ -11,15 +11,12 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
-from importlib import metadata as importlib_metadata
 
 __all__ = ["CommandError", "Parser", "add_data_options", "add_ball_options", "add_run_options", "method_list",
            "setup", "load_model", "load_data", "prepare_inputs", "metadata", "emit", "jsonable", "write_json"]
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
-PACKAGES = ("robustopt", "torch", "numpy", "scipy", "cvxpy", "highspy", "scikit-learn", "onnx", "matplotlib")
 
 
 class CommandError(Exception):
@@ -237,46 +234,18 @@ def prepare_inputs(model, X):
 
 
 # ---------------------------------------------------------------------------------------------- output
-def _version(name):
-    try:
-        return importlib_metadata.version(name)
-    except importlib_metadata.PackageNotFoundError:
-        return None
-
-
 def metadata(args) -> dict:
-    """What a result needs to be reproduced: command line, seed, threads, device, versions."""
-    import torch
+    """What a result needs to be reproduced: command line, seed, device, threads and package versions."""
+    from ..compare.report import environment
 
-    return {"command": ["robustopt", *sys.argv[1:]] if sys.argv and "robustopt" in sys.argv[0] else None,
-            "seed": getattr(args, "seed", None), "threads": torch.get_num_threads(),
-            "device": getattr(args, "device", None) or "cpu",
-            "python": platform.python_version(), "platform": platform.platform(),
-            "versions": {name: _version(name) for name in PACKAGES}}
+    return {"command": ["robustopt", *sys.argv[1:]], "seed": getattr(args, "seed", None),
+            "device": getattr(args, "device", None) or "cpu", **environment()}
 
 
 def jsonable(value):
-    """Plain JSON data from numpy / torch values: arrays to lists, NaN to null, +-inf to "inf" / "-inf"."""
-    import numpy as np
-    import torch
+    from ..compare.report import jsonable as convert
 
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        return [jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
+    return convert(value)
 
 
 def write_json(path, document):

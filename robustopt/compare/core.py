@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import check_positive_int
+from .._validation import check_norm, check_positive_int, reject_unknown_options
 from ..verify import METHODS, get_method
-from ..verify.api import DEFAULT_BATCH_SIZE, Problem, labels_tensor, margin_spec, spread_margins
+from ..verify.api import DEFAULT_BATCH_SIZE, Problem, labels_tensor, margin_spec
 from ..verify.methods import check_intermediate, tightest
 from .chain import check_chain
 from .result import Comparison
@@ -176,10 +176,19 @@ def compare(model, X, y, eps, methods=DEFAULT_METHODS, norm="inf", lower=0.0, up
     """
     attacks, bound_methods = _split_methods(methods)
     options = dict(options or {})
-    for name in options:
+    for name, opts in options.items():
         if name not in bound_methods:
             raise ValueError(f"options given for {name!r}, which is not among the bound methods compared "
                              f"({', '.join(bound_methods) or 'none'})")
+        if not isinstance(opts, dict):
+            raise ValueError(f"options[{name!r}] must be a dict of option names to values; got {opts!r}")
+        reject_unknown_options(opts, f"options[{name!r}]", get_method(name).OPTIONS - {"compute_upper",
+                                                                                       "return_intermediate"})
+    norm = check_norm(norm)
+    for name in bound_methods:
+        if norm not in get_method(name).NORMS:
+            raise ValueError(f"method {name!r} does not handle the l_{norm} ball (it takes "
+                             f"{', '.join(f'l_{p}' for p in get_method(name).NORMS)}); drop it from methods")
     attack_steps = check_positive_int(attack_steps, "attack_steps")
     attack_restarts = check_positive_int(attack_restarts, "attack_restarts")
     settings = {"lower": lower, "upper": upper, "attack_steps": attack_steps, "attack_restarts": attack_restarts,
@@ -219,7 +228,8 @@ def compare(model, X, y, eps, methods=DEFAULT_METHODS, norm="inf", lower=0.0, up
                 milp_margin = out["margin"]
             upper_rows = torch.minimum(upper_rows, torch.nan_to_num(out["replayed"], nan=float("inf")))
             bar.update()
-        lp_inputs = list(inter) if used_inter is not None else ["ibp", "crown"]
+        # the methods whose intermediate bounds the solvers used: shared ones, else their default (IBP, CROWN)
+        lp_inputs = list(inter) if used_inter is not None else [m for m in ("ibp", "crown") if not options.get(m)]
         found, count = check_chain(lowers, upper_rows, status, labels, lp_inputs, options, milp_margin,
                                    atol=atol, rtol=rtol)
         checks += count

@@ -28,8 +28,12 @@ def environment() -> dict:
     """Torch threads, Python, platform and package versions: what a result needs to be reproduced."""
     import torch
 
+    from .. import __version__
+
+    versions = {name: _version(name) for name in PACKAGES}
+    versions["robustopt"] = __version__  # also when run from a checkout that is not installed
     return {"threads": torch.get_num_threads(), "python": platform.python_version(),
-            "platform": platform.platform(), "versions": {name: _version(name) for name in PACKAGES}}
+            "platform": platform.platform(), "versions": versions}
 
 
 def jsonable(value):
