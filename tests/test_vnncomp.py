@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from robustopt.cli import main
 from robustopt.onnx import load as load_onnx

@@ -6,23 +6,14 @@ import os
 import warnings
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
 from robustopt.data import load_digits
 from robustopt.models import fit, mlp
+from verify_helpers import one_thread  # noqa: F401  (re-exported for the vnn suites)
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Small models: one torch thread is several times faster on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=1)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .._validation import check_choice, check_positive_int
+from ..models import model_device
 from ..verify.methods import check_time_limit
 from .objective import ObjectiveView, objective_model
 from .property import Property
@@ -50,8 +51,7 @@ class _Run:
     def __init__(self, model, prop, time_limit, shape):
         self.start = time.perf_counter()
         self.model, self.prop, self.time_limit, self.shape = model, prop, time_limit, shape
-        device = next((t.device for t in model.parameters()), torch.device("cpu"))
-        self.x, self.eps, self.lower, self.upper = prop.ball(self.shape, torch.float64, device)
+        self.x, self.eps, self.lower, self.upper = prop.ball(self.shape, torch.float64, model_device(model))
         self.open = list(range(len(prop.disjuncts)))  # disjuncts not refuted yet
         self.disjunct_lower = np.full(len(prop.disjuncts), -np.inf)  # proven lower bounds on min_x h_i(x)
         self.witness = None
@@ -114,35 +114,28 @@ class _Run:
         self.open = [i for i in self.open if i not in refuted]
 
     def exact(self) -> str | None:
-        """The MILP on h_i of each open disjunct (weakest proven bound first), one program per disjunct,
-        within the time left. Returns "timeout" when time ran out with disjuncts open, else None (refuted
-        disjuncts are dropped; a replayed minimizer becomes the witness)."""
+        """The MILP on h_i of the open disjuncts (one program, its rows solved weakest first, stopping at the
+        first that cannot be lifted above 0), within the time left. Returns "timeout" when time ran out with
+        disjuncts open, else None (refuted disjuncts are dropped; a replayed minimizer becomes the witness)."""
         from ..verify.api import Problem
 
-        order = sorted(self.open, key=lambda i: self.disjunct_lower[i])
-        problem = Problem(objective_model(self.model, self.prop, order), self.x, self.eps, "inf", self.lower,
+        problem = Problem(objective_model(self.model, self.prop, self.open), self.x, self.eps, "inf", self.lower,
                           self.upper)
-        example = torch.arange(1, device=self.x.device)
-        refuted, timed_out = set(), False
-        for t, i in enumerate(order):
-            if self.out_of_time():
-                break
-            row = torch.zeros(1, len(order), dtype=torch.float64, device=self.x.device)
-            row[0, t] = 1.0
-            options = {"stop_at": 0.0, "time_limit": None if self.time_limit is None else max(self.left(), 1e-3)}
-            res = problem.bounds(row, "milp", example, options)
-            points = res.points[0] if res.points is not None else torch.zeros(0, self.x[0].numel())
-            points = points[~torch.isnan(points).any(1)]
-            if len(points) and self.try_witness(points.reshape(-1, *self.shape), "milp"):
-                return None
-            value = float(res.lower[0, 0])
+        eye = torch.eye(len(self.open), dtype=torch.float64, device=self.x.device)
+        options = {"stop_at": 0.0, "time_limit": None if self.time_limit is None else max(self.left(), 1e-3)}
+        res = problem.bounds(eye, "milp", torch.arange(1, device=self.x.device), options)
+        points = res.points[0]
+        points = points[~torch.isnan(points).any(1)]
+        if len(points) and self.try_witness(points.reshape(-1, *self.shape), "milp"):
+            return None
+        lower = res.lower[0].detach().cpu().double().numpy()
+        refuted = {i for i, value in zip(self.open, lower) if value > 0}
+        for i, value in zip(self.open, lower):
             self.disjunct_lower[i] = max(self.disjunct_lower[i], value)
-            if value > 0:
-                refuted.add(i)
-            timed_out |= res.status is not None and str(res.status[0]) == "time_limit"
         if refuted:
             self.decided_by = "milp"
         self.open = [i for i in self.open if i not in refuted]
+        timed_out = str(res.status[0]) == "time_limit"
         return "timeout" if self.open and (timed_out or self.out_of_time()) else None
 
     def report(self, result):
