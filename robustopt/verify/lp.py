@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from .highs import HighsModel
@@ -53,18 +54,6 @@ def check_stop_at(stop_at):
     return float(stop_at)
 
 
-def example_data(net, x, ball, i, compute_upper):
-    """(last, x0, eps) of example i: the output rows (W, b) (with the negated rows appended for upper
-    bounds), the centre and the radius, in float64 numpy."""
-    last_op = net.affine[-1]
-    W, b = last_op.scipy(i if last_op.batched else None), last_op.bias_numpy(i if last_op.batched else None)
-    if compute_upper:  # upper bounds are minus the lower bounds of -C
-        import scipy.sparse as sp
-        W, b = sp.vstack([W, -W]).tocsr(), np.concatenate([b, -b])
-    eps = ball.eps if isinstance(ball.eps, float) else float(ball.eps[i])
-    return (W, b), x[i].detach().cpu().double().numpy(), eps
-
-
 def rows_to_solve(cheap, stop_at):
     """Row order for one example: all rows, or with ``stop_at`` the unsettled ones, weakest first."""
     if stop_at is None:
@@ -72,59 +61,98 @@ def rows_to_solve(cheap, stop_at):
     return [int(r) for r in np.argsort(cheap, kind="stable") if cheap[r] <= stop_at]
 
 
+class SolverBatch:
+    """What the solver methods share for a batch: the intermediate bounds (given, else the tightest of IBP and
+    CROWN), the cheap lower bounds of the rows (n, rows) — the output rows, then with ``compute_upper`` the
+    negated rows (upper bounds are minus their lower bounds) — and the float64 matrices of the programs."""
+
+    def __init__(self, net, x, ball, intermediate, compute_upper):
+        self.net, self.x, self.ball, self.compute_upper = net, x, ball, compute_upper
+        self.intermediate, cheap = solver_inputs(net, x, ball, intermediate)
+        self.m = cheap.shape[1]
+        if compute_upper:
+            negated = net.with_spec(-torch.eye(self.m, dtype=net.dtype, device=net.device))
+            cheap = torch.cat([cheap, solver_inputs(negated, x, ball, self.intermediate)[1]], 1)
+        self.cheap = cheap
+        self.cheap_np = cheap.detach().cpu().double().numpy()
+        self.hidden = [(op.scipy(), op.bias_numpy()) for op in net.affine[:-1]]
+        self.boxes = input_box(x, ball)
+
+    def example(self, i, integer=False):
+        """(program, last, x0, eps) of example i: ``last`` the rows (W, b) of the objectives."""
+        op = self.net.affine[-1]
+        W, b = op.scipy(i if op.batched else None), op.bias_numpy(i if op.batched else None)
+        if self.compute_upper:
+            W, b = sp.vstack([W, -W]).tocsr(), np.concatenate([b, -b])
+        eps = self.ball.eps if isinstance(self.ball.eps, float) else float(self.ball.eps[i])
+        x0 = self.x[i].detach().cpu().double().numpy()
+        program = build_program(self.hidden, (W, b), x0, (self.boxes[0][i], self.boxes[1][i]), eps, self.ball.norm,
+                                example_bounds(self.intermediate, i), integer=integer)
+        return program, (W, b), x0, eps
+
+    def result(self, solver_lower, return_intermediate, **fields) -> Bounds:
+        """Bounds from the solvers' proven row bounds (n, rows) (-inf where none): the larger of those and
+        the cheap ones, split into lower / upper."""
+        solver_lower = torch.as_tensor(solver_lower, dtype=self.cheap.dtype, device=self.cheap.device)
+        rows, m = torch.maximum(self.cheap, solver_lower), self.m
+        return Bounds(lower=rows[:, :m], upper=-rows[:, m:] if self.compute_upper else None,
+                      intermediate=self.intermediate if return_intermediate else None, **fields)
+
+
+def solve_rows(todo, started, time_limit, solve_row):
+    """Runs ``solve_row(r, seconds left)`` -> (state, done) over the rows ``todo`` of one example, stopping
+    at a failed state or when ``done``; returns the example's status ("optimal", "time_limit", "error")."""
+    for r in todo:
+        left = None if time_limit is None else time_limit - (time.perf_counter() - started)
+        if left is not None and left <= 0:
+            return "time_limit"
+        state, done = solve_row(r, left)
+        if state != "ok":
+            return "time_limit" if state == "time_limit" else "error"
+        if done:
+            break
+    return "optimal"
+
+
 def relaxation_bounds(net, x, ball, make_solver, *, compute_upper, intermediate, return_intermediate, time_limit,
                       stop_at) -> Bounds:
-    """Shared driver of ``lp`` and ``lp-cvxpy``: per example a program, ``make_solver(program, data)``
-    (data = (i, hidden, last, x0, eps, norm)) ->
-    a function (row, seconds left) -> (status, row duals, objective value); rigorous bounds from the duals."""
+    """Shared driver of ``lp`` and ``lp-cvxpy``: per example a program; ``make_solver(program, i, x0, eps)``
+    returns a function (row, seconds left) -> (status, row duals, objective value); the bounds are made
+    rigorous from the duals (:func:`~.program.dual_bound`)."""
     time_limit, stop_at = check_time_limit(time_limit), check_stop_at(stop_at)
-    used, cheap = solver_inputs(net, x, ball, intermediate)
-    n, m = cheap.shape
-    if compute_upper:
-        upper_cheap = -solver_inputs(net.with_spec(-torch.eye(m, dtype=net.dtype, device=net.device)), x, ball, used)[1]
-        cheap_rows = torch.cat([cheap, -upper_cheap], 1)
-    else:
-        cheap_rows = cheap
-    hidden = [(op.scipy(), op.bias_numpy()) for op in net.affine[:-1]]
-    boxes = input_box(x, ball)
-    certificates = RowCertificates(n, cheap_rows.shape[1], x.shape[1])
+    batch = SolverBatch(net, x, ball, intermediate, compute_upper)
+    n, rows = batch.cheap.shape
+    certificates = RowCertificates(n, rows, x.shape[1])
     status, seconds = np.full(n, "optimal", dtype=object), np.zeros(n)
-    cheap_np = cheap_rows.detach().cpu().double().numpy()
     for i in range(n):
         tic = time.perf_counter()
-        todo = rows_to_solve(cheap_np[i], stop_at)
-        if not todo:  # settled by the cheap bounds
-            seconds[i] = time.perf_counter() - tic
-            continue
-        last, x0, eps = example_data(net, x, ball, i, compute_upper)
-        program = build_program(hidden, last, x0, (boxes[0][i], boxes[1][i]), eps, ball.norm,
-                                example_bounds(used, i))
-        solve = make_solver(program, (i, hidden, last, x0, eps, ball.norm))
-        for r in todo:
-            left = None if time_limit is None else time_limit - (time.perf_counter() - tic)
-            if left is not None and left <= 0:
-                status[i] = "time_limit"
-                break
-            state, duals, value = solve(r, left)
-            if state != "optimal":
-                status[i] = state if state == "time_limit" else "error"
-                break
-            certificates.add(i, [r], dual_bound(program, duals[None], [r]), program)
-            if stop_at is not None and value <= stop_at:  # the LP cannot certify this example
-                break
+        todo = rows_to_solve(batch.cheap_np[i], stop_at)
+        if todo:  # else settled by the cheap bounds
+            program, _, x0, eps = batch.example(i)
+            solve, solved = make_solver(program, i, x0, eps), {}
+
+            def solve_row(r, left):
+                state, solved[r], value = solve(r, left)
+                if state != "optimal":
+                    del solved[r]
+                    return state, True
+                return "ok", stop_at is not None and value <= stop_at  # then the LP cannot certify it
+
+            status[i] = solve_rows(todo, tic, time_limit, solve_row)
+            if solved:
+                done = list(solved)
+                certificates.add(i, done, dual_bound(program, np.stack([solved[r] for r in done]), done), program)
         seconds[i] = time.perf_counter() - tic
-    solver_lower = certificates.finish(x, ball).to(dtype=net.dtype)
-    lower_rows = torch.maximum(cheap_rows.to(net.dtype), solver_lower)
-    info = {"solver_lower": solver_lower[:, :m], "seconds": seconds}
-    return Bounds(lower=lower_rows[:, :m], upper=-lower_rows[:, m:] if compute_upper else None,
-                  intermediate=used if return_intermediate else None, status=status.astype(str), info=info)
+    solver_lower = certificates.finish(x, ball)
+    return batch.result(solver_lower, return_intermediate, status=status.astype(str),
+                        info={"solver_lower": solver_lower[:, :batch.m].to(net.dtype), "seconds": seconds})
 
 
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, time_limit=None,
            stop_at=None) -> Bounds:
     """Triangle-LP bounds on the outputs of ``net`` (see the module docstring)."""
 
-    def make_solver(program, _data):
+    def make_solver(program, *_):
         model = HighsModel(program)
         return model.solve_lp
 

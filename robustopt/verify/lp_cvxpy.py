@@ -103,10 +103,11 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
     lower, upper = _box_side(ball.lower, x), _box_side(ball.upper, x)
     pick = lambda side, i: side[i] if isinstance(side, np.ndarray) else side
 
-    def make_solver(program, data):
-        i, hidden, _, x0, eps, norm = data
+    hidden = [(op.scipy(), op.bias_numpy()) for op in net.affine[:-1]]
+
+    def make_solver(program, i, x0, eps):
         d = len(x0)
-        problem, v = triangle_lp(hidden, [(ph.lower, ph.upper) for ph in program.phases], x0, eps, norm,
+        problem, v = triangle_lp(hidden, [(ph.lower, ph.upper) for ph in program.phases], x0, eps, ball.norm,
                                  pick(lower, i), pick(upper, i))
 
         def solve(row, _left):

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from .highs import FEASIBILITY_TOLERANCE, HighsModel
-from .lp import check_stop_at, check_time_limit, example_data, rows_to_solve
+from .lp import SolverBatch, check_stop_at, check_time_limit, rows_to_solve, solve_rows
 from .methods import COMMON_OPTIONS, Bounds
-from .program import RowCertificates, build_program, dual_bound, example_bounds, input_box, solver_inputs
+from .program import RowCertificates, dual_bound
 
 NORMS = ("inf", 1)
 OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "threads", "highs_options"}
@@ -60,7 +60,8 @@ def _example_ball(ball, x, i):
             return torch.broadcast_to(side.to(x), x.shape).reshape(x.shape[0], -1)[i:i + 1]
         return side
 
-    return Ball(pick(ball.eps), ball.norm, pick(ball.lower), pick(ball.upper))
+    eps = ball.eps if isinstance(ball.eps, float) else ball.eps[i:i + 1]
+    return Ball(eps, ball.norm, pick(ball.lower), pick(ball.upper))
 
 
 def replay(hidden, last, point, row):
@@ -73,15 +74,14 @@ def replay(hidden, last, point, row):
 
 
 class _Example:
-    """The MILP of one example and the rows solved so far."""
+    """The MILP of example i of a :class:`~.lp.SolverBatch`."""
 
-    def __init__(self, net, x, ball, hidden, i, box, bounds, compute_upper, highs):
-        self.last, self.x0, eps = example_data(net, x, ball, i, compute_upper)
-        self.hidden = hidden
-        self.program = build_program(hidden, self.last, self.x0, box, eps, ball.norm, bounds, integer=True)
+    def __init__(self, batch, i, highs):
+        self.program, self.last, self.x0, _ = batch.example(i, integer=True)
+        self.hidden = batch.hidden
         self.margin = safety_margin(self.program)
-        self.ball = _example_ball(ball, x, i)
-        self.x = x[i:i + 1]
+        self.ball = _example_ball(batch.ball, batch.x, i)
+        self.x = batch.x[i:i + 1]
         self.exact_lp = self.program.binary_cols.stop == self.program.binary_cols.start  # no unstable ReLU
         self.model = HighsModel(self.program, integer=not self.exact_lp, **highs)
 
@@ -138,15 +138,8 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
     if highs_options is not None and not isinstance(highs_options, dict):
         raise ValueError(f"highs_options must be a dict of HiGHS option names to values; got {highs_options!r}")
     highs = {"threads": threads, "options": highs_options}
-    used, cheap = solver_inputs(net, x, ball, intermediate)
-    n, m = cheap.shape
-    if compute_upper:
-        negated = net.with_spec(-torch.eye(m, dtype=net.dtype, device=net.device))
-        cheap = torch.cat([cheap, solver_inputs(negated, x, ball, used)[1]], 1)
-    rows = cheap.shape[1]
-    cheap_np = cheap.detach().cpu().double().numpy()
-    hidden = [(op.scipy(), op.bias_numpy()) for op in net.affine[:-1]]
-    boxes = input_box(x, ball)
+    batch = SolverBatch(net, x, ball, intermediate, compute_upper)
+    n, rows = batch.cheap.shape
     solver_lower = np.full((n, rows), -np.inf)
     objective, replayed = np.full((n, rows), np.nan), np.full((n, rows), np.nan)
     points = torch.full((n, rows, x.shape[1]), float("nan"), dtype=x.dtype, device=x.device)
@@ -154,34 +147,27 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
     seconds, solver_seconds, solves, unstable, margins = (np.zeros(n) for _ in range(5))
     for i in range(n):
         tic = time.perf_counter()
-        todo = rows_to_solve(cheap_np[i], stop_at)
-        if not todo:  # settled by the cheap bounds
-            seconds[i] = time.perf_counter() - tic
-            continue
-        ex = _Example(net, x, ball, hidden, i, (boxes[0][i], boxes[1][i]), example_bounds(used, i), compute_upper,
-                      highs)
-        unstable[i], margins[i] = ex.program.integrality.sum(), ex.margin
-        for r in todo:
-            left = None if time_limit is None else time_limit - (time.perf_counter() - tic)
-            if left is not None and left <= 0:
-                status[i] = "time_limit"
-                break
-            state, proven, pt, objective[i, r], value, spent = ex.solve(r, left, stop_at)
-            solver_seconds[i] += spent
-            solves[i] += 1
-            solver_lower[i, r] = proven
-            if pt is not None:
-                points[i, r], replayed[i, r] = pt, value
-            if state not in PROVEN[:3]:
-                status[i] = "time_limit" if state == "time_limit" else "error"
-                break
-            if stop_at is not None and not proven > stop_at:  # falsified, or this row cannot be certified
-                break
+        todo = rows_to_solve(batch.cheap_np[i], stop_at)
+        if todo:  # else settled by the cheap bounds
+            ex = _Example(batch, i, highs)
+            unstable[i], margins[i] = ex.program.integrality.sum(), ex.margin
+
+            def solve_row(r, left):
+                state, solver_lower[i, r], pt, objective[i, r], value, spent = ex.solve(r, left, stop_at)
+                solver_seconds[i] += spent
+                solves[i] += 1
+                if pt is not None:
+                    points[i, r], replayed[i, r] = pt, value
+                if state not in PROVEN[:3]:
+                    return state, True
+                # stop at a replayed point <= stop_at, or at a row that cannot be lifted above it
+                return "ok", stop_at is not None and not solver_lower[i, r] > stop_at
+
+            status[i] = solve_rows(todo, tic, time_limit, solve_row)
         seconds[i] = time.perf_counter() - tic
-    lower = torch.maximum(cheap, torch.as_tensor(solver_lower, dtype=cheap.dtype, device=cheap.device))
+    m = batch.m
     info = {"solver_lower": solver_lower[:, :m], "objective": objective[:, :m], "replayed": replayed[:, :m],
             "margin": margins, "seconds": seconds, "solver_seconds": solver_seconds, "milp_solves": solves,
             "binaries": unstable}
-    return Bounds(lower=lower[:, :m], upper=-lower[:, m:] if compute_upper else None,
-                  intermediate=used if return_intermediate else None, points=points[:, :m],
-                  status=status.astype(str), info=info)
+    return batch.result(solver_lower, return_intermediate, points=points[:, :m], status=status.astype(str),
+                        info=info)

@@ -99,21 +99,20 @@ class Program:
 
 
 class _Rows:
-    """Accumulates blocks of rows (global column indices) with their bounds."""
+    """Accumulates blocks of rows as (row, column, value) triplets with their bounds."""
 
     def __init__(self):
         self.r, self.c, self.v, self.lo, self.hi, self.extra, self.count = [], [], [], [], [], [], 0
 
     def add(self, parts, lo, hi, extra=None):
-        """``parts``: (column offset, sparse (rows, width)) pairs over the same rows."""
+        """``parts``: triplets (local row, global column, value) over the same ``len(lo)`` rows."""
         n = len(lo)
-        for offset, block in parts:
-            coo = sp.coo_array(block)
-            self.r.append(coo.row + self.count)
-            self.c.append(coo.col + offset)
-            self.v.append(coo.data)
-        self.lo.append(np.asarray(lo, float))
-        self.hi.append(np.asarray(hi, float))
+        for r, c, v in parts:
+            self.r.append(r + self.count)
+            self.c.append(c)
+            self.v.append(np.broadcast_to(np.asarray(v, float), r.shape))
+        self.lo.append(np.broadcast_to(np.asarray(lo, float), (n,)))
+        self.hi.append(np.broadcast_to(np.asarray(hi, float), (n,)))
         self.extra.append(np.zeros(n) if extra is None else np.asarray(extra, float))
         self.count += n
 
@@ -123,14 +122,19 @@ class _Rows:
         return A, cat(self.lo), cat(self.hi), cat(self.extra)
 
 
-def _selector(idx, width):
-    """Sparse (len(idx), width) with a 1 at (t, idx[t]): picks variables."""
-    return sp.csr_array((np.ones(len(idx)), (np.arange(len(idx)), idx)), shape=(len(idx), width))
+def _diagonal(idx, column_start, values=1.0):
+    """Triplets with values[t] at (t, column_start + idx[t])."""
+    return np.arange(len(idx)), column_start + idx, values
 
 
-def _scaled(values, idx, width):
-    """Sparse (len(idx), width) with values[t] at (t, idx[t])."""
-    return sp.csr_array((values, (np.arange(len(idx)), idx)), shape=(len(idx), width))
+def _csr_rows(W, idx, column_start, scale=None):
+    """Triplets of the rows ``idx`` of a CSR matrix (row t of the block = row idx[t] of W), columns
+    shifted by ``column_start``, row t multiplied by ``scale[t]``."""
+    starts, counts = W.indptr[idx], W.indptr[idx + 1] - W.indptr[idx]
+    local = np.repeat(np.arange(len(idx)), counts)
+    pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+    values = W.data[pos] if scale is None else W.data[pos] * np.repeat(scale, counts)
+    return local, W.indices[pos] + column_start, values
 
 
 def input_box(x, ball):
@@ -157,27 +161,29 @@ def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Pr
     rows = _Rows()
     columns = d
     if norm == 1:  # x - p + q = x0, sum(p + q) <= eps, 0 <= p, q <= eps
-        eye = sp.eye_array(d, format="csr")
-        rows.add([(0, eye), (d, -eye), (2 * d, eye)], x0, x0)
-        rows.add([(d, sp.csr_array(np.ones((1, 2 * d))))], [-np.inf], [eps])
+        every = np.arange(d)
+        rows.add([_diagonal(every, 0), _diagonal(every, d, -1.0), _diagonal(every, 2 * d)], x0, x0)
+        rows.add([(np.zeros(2 * d, dtype=np.int64), np.arange(d, 3 * d), 1.0)], [-np.inf], [eps])
         col_lower += [np.zeros(2 * d)]
         col_upper += [np.full(2 * d, float(eps))]
         columns += 2 * d
     relu_start = rows.count
     prev = slice(0, d)
-    layer_cols, phases = [], []
+    layer_cols, phases, matrices = [], [], []
     for (W, b), (l, u) in zip(hidden, bounds):
         ph = ReluPhases(l, u)
         h = len(b)
         cols = slice(columns, columns + h)
         columns += h
         W = sp.csr_array(W)
+        W.sort_indices()
+        matrices.append(W)
         act, uns = np.flatnonzero(ph.active), np.flatnonzero(ph.unstable)
-        rows.add([(cols.start, _selector(act, h)), (prev.start, -W[act])], b[act], b[act])  # a = z
-        rows.add([(prev.start, W[uns]), (cols.start, -_selector(uns, h))], np.full(len(uns), -np.inf), -b[uns])  # a >= z
-        s = ph.slope[uns]
-        rows.add([(cols.start, _selector(uns, h)), (prev.start, -(W[uns] * s[:, None]))],  # a <= s (z - l)
-                 np.full(len(uns), -np.inf), s * (b[uns] - l[uns]), s * (np.abs(b[uns]) + np.abs(l[uns])))
+        no_lower, s = np.full(len(uns), -np.inf), ph.slope[uns]
+        rows.add([_diagonal(act, cols.start), _csr_rows(W, act, prev.start, -np.ones(len(act)))], b[act], b[act])  # a = z
+        rows.add([_csr_rows(W, uns, prev.start), _diagonal(uns, cols.start, -1.0)], no_lower, -b[uns])  # a >= z
+        rows.add([_diagonal(uns, cols.start), _csr_rows(W, uns, prev.start, -s)],  # a <= s (z - l)
+                 no_lower, s * (b[uns] - l[uns]), s * (np.abs(b[uns]) + np.abs(l[uns])))
         col_lower.append(np.maximum(l, 0.0))
         col_upper.append(np.maximum(u, 0.0))
         layer_cols.append(cols)
@@ -190,15 +196,13 @@ def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Pr
         total = sum(int(ph.unstable.sum()) for ph in phases)
         binary_cols = slice(columns, columns + total)
         start = columns
-        for (W, b), ph, cols, p in zip(hidden, phases, layer_cols, [slice(0, d)] + layer_cols[:-1]):
+        for (_, b), W, ph, cols, p in zip(hidden, matrices, phases, layer_cols, [slice(0, d)] + layer_cols[:-1]):
             uns = np.flatnonzero(ph.unstable)
-            k = len(uns)
-            W = sp.csr_array(W)
-            pick = _selector(uns, cols.stop - cols.start)
-            rows.add([(cols.start, pick), (start, _scaled(-ph.upper[uns], np.arange(k), k))],
-                     np.full(k, -np.inf), np.zeros(k))  # a <= u delta
-            rows.add([(cols.start, pick), (p.start, -W[uns]), (start, _scaled(-ph.lower[uns], np.arange(k), k))],
-                     np.full(k, -np.inf), b[uns] - ph.lower[uns])  # a <= z - l (1 - delta)
+            k, no_lower = len(uns), np.full(len(uns), -np.inf)
+            own = np.arange(k)
+            rows.add([_diagonal(uns, cols.start), _diagonal(own, start, -ph.upper[uns])], no_lower, 0.0)  # a <= u d
+            rows.add([_diagonal(uns, cols.start), _csr_rows(W, uns, p.start, -np.ones(k)),  # a <= z - l (1 - d)
+                      _diagonal(own, start, -ph.lower[uns])], no_lower, b[uns] - ph.lower[uns])
             start += k
         columns += total
         col_lower.append(np.zeros(total))
