@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,46 +200,21 @@ def _relu_stack(linears):
 # ---------------------------------------------------------------------------------------------- SOLVER SECTIONS
 # The solver methods (lp, lp-cvxpy, milp) fill in these two sections; they run only when the methods exist.
 def lp_section(setup, args):
-    """SOLVER SECTION (LP): ``lp`` (HiGHS) against ``lp-cvxpy`` on the same examples: time ratio (goal >= 10x)
-    and max bound difference (goal <= 1e-5)."""
-    if not {"lp", "lp-cvxpy"} <= set(available_methods()):
-        print("\n[skip] LP section: methods 'lp' / 'lp-cvxpy' not available")
-        return None
-    n = min(len(setup["x"]), args.n_solver)
-    x, y, eps = setup["x"][:n], setup["y"][:n], setup["eps"][1]
-    times, bounds = {}, {}
-    for method in ("lp", "lp-cvxpy"):
-        tic = time.perf_counter()
-        bounds[method] = margin_bounds(setup["model"], x, y, eps, method=method)
-        times[method] = time.perf_counter() - tic
-    finite = torch.isfinite(bounds["lp"]) & torch.isfinite(bounds["lp-cvxpy"])
-    diff = float((bounds["lp"] - bounds["lp-cvxpy"])[finite].abs().max())
-    print(f"\n## {setup['name']}: lp (HiGHS) vs lp-cvxpy (eps {eps}, {n} examples)")
-    print(f"lp {times['lp'] / n:.3e} s/ex, lp-cvxpy {times['lp-cvxpy'] / n:.3e} s/ex, "
-          f"ratio {times['lp-cvxpy'] / times['lp']:.1f}x, max |diff| {diff:.2e}")
-    return {"ratio": times["lp-cvxpy"] / times["lp"], "max_diff": diff}
+    """SOLVER SECTION (LP): ``lp`` (HiGHS) against ``lp-cvxpy`` on the first ``n_solver`` examples: time ratio
+    (goal >= 10x) and max bound difference (goal <= 1e-5). Implemented in bench/verify_solvers.py."""
+    from verify_solvers import lp_section as solver_lp_section  # bench/ is on sys.path when run as a script
+
+    args.n_lp = args.n_solver
+    return solver_lp_section(setup, args)
 
 
 def milp_section(setup, args):
     """SOLVER SECTION (MILP): median / max seconds per example for the exact verdict at eps = 0.05 on the digits
-    MLP, over the examples that reach the MILP (not settled by PGD or CROWN first), and the solver time alone."""
-    if "milp" not in available_methods():
-        print("\n[skip] MILP section: method 'milp' not available")
-        return None
-    x, y, eps = setup["x"], setup["y"], 0.05
-    crown = certify(setup["model"], x, y, eps, method="crown", progress=False)
-    reach = np.flatnonzero(crown.status == "unknown")
-    if len(reach) == 0:
-        print("\n[MILP] every example settled by PGD / CROWN")
-        return None
-    seconds = []
-    for i in reach[: args.n_solver]:
-        res = certify(setup["model"], x[i:i + 1], y[i:i + 1], eps, method="milp", attack=False, progress=False,
-                      time_limit=args.time_limit)
-        seconds.append(res.seconds)
-    print(f"\n## {setup['name']}: MILP exact verdicts at eps {eps} ({len(seconds)} of {len(reach)} examples "
-          f"left open by PGD + CROWN): median {np.median(seconds):.3f} s, max {np.max(seconds):.3f} s per example")
-    return {"median_s": float(np.median(seconds)), "max_s": float(np.max(seconds))}
+    MLP, over the examples that reach the MILP (not settled by PGD or CROWN first), and the solver time alone.
+    Implemented in bench/verify_solvers.py."""
+    from verify_solvers import milp_section as solver_milp_section
+
+    return solver_milp_section(setup, args)
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -30,28 +30,12 @@ import scipy.sparse as sp
 import torch
 
 from .highs import HighsModel
-from .methods import COMMON_OPTIONS, Bounds
+from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
 from .program import RowCertificates, build_program, dual_bound, example_bounds, input_box, solver_inputs
 
 NORMS = ("inf", 1)
 OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at"}
 SOLVER = True
-
-
-def check_time_limit(time_limit):
-    if time_limit is None:
-        return None
-    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
-        raise ValueError(f"time_limit must be a number of seconds > 0 (or None); got {time_limit!r}")
-    return float(time_limit)
-
-
-def check_stop_at(stop_at):
-    if stop_at is None:
-        return None
-    if isinstance(stop_at, bool) or not isinstance(stop_at, (int, float)) or np.isnan(stop_at):
-        raise ValueError(f"stop_at must be a number (or None); got {stop_at!r}")
-    return float(stop_at)
 
 
 def rows_to_solve(cheap, stop_at):

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from .highs import FEASIBILITY_TOLERANCE, HighsModel
-from .lp import SolverBatch, check_stop_at, check_time_limit, rows_to_solve, solve_rows
-from .methods import COMMON_OPTIONS, Bounds
+from .lp import SolverBatch, rows_to_solve, solve_rows
+from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
 from .program import RowCertificates, dual_bound
 
 NORMS = ("inf", 1)
