@@ -69,7 +69,8 @@ def read_instances(path, root=None) -> list:
     missing = sorted({p for inst in instances for p in (inst.onnx_path, inst.vnnlib_path) if not os.path.isfile(p)})
     if missing:
         shown = "\n  ".join(missing[:10]) + (f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise FileNotFoundError(f"{path}: {len(missing)} file(s) named in the CSV are missing (root {root}):\n  {shown}")
+        raise FileNotFoundError(f"{path}: {len(missing)} file(s) named in the CSV are missing (root {root}):"
+                                f"\n  {shown}")
     return instances
 
 
