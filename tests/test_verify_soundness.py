@@ -124,7 +124,7 @@ def chain(seed, widths=(4, 8), cvxpy=False):
 
 @pytest.mark.parametrize("seed", range(100))
 def test_chain_ibp_crown_dual_lp_milp_attack(seed):
-    chain(seed, cvxpy=seed % 10 == 0)
+    chain(seed, cvxpy=seed % 5 == 0)  # both norms: the norm alternates with the seed
 
 
 @pytest.mark.slow

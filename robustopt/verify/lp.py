@@ -77,7 +77,10 @@ class SolverBatch:
     def result(self, solver_lower, return_intermediate, **fields) -> Bounds:
         """Bounds from the solvers' proven row bounds (n, rows) (-inf where none): the larger of those and
         the cheap ones, split into lower / upper."""
-        solver_lower = torch.as_tensor(solver_lower, dtype=self.cheap.dtype, device=self.cheap.device)
+        exact = torch.as_tensor(solver_lower, dtype=torch.float64, device=self.cheap.device)
+        solver_lower = exact.to(self.cheap.dtype)  # rounded down where a narrower dtype rounded it up
+        down = torch.nextafter(solver_lower, torch.full_like(solver_lower, -torch.inf))
+        solver_lower = torch.where(solver_lower.double() > exact, down, solver_lower)
         rows, m = torch.maximum(self.cheap, solver_lower), self.m
         return Bounds(lower=rows[:, :m], upper=-rows[:, m:] if self.compute_upper else None,
                       intermediate=self.intermediate if return_intermediate else None, **fields)

@@ -23,7 +23,7 @@ bound minus the margin exceeds t. An example stops at its first row that cannot 
 of :mod:`.program`, a node bound from duals infeasible by at most :math:`\tau` per column overstates that
 node's LP optimum by at most :math:`\tau \sum_j (\overline v_j - \underline v_j)`; tolerances act on
 HiGHS's scaled model, so we allow a factor 100 for scaling and subtract
-``margin = 100 τ (1 + Σ_j (ub_j - lb_j))`` (about 3e-5 on a 64-32-32-10 net at ε = 0.05). The big-M
+``margin = 100 τ (1 + Σ_j (ub_j - lb_j))`` (about 1e-5 on the digits 64-32-32-10 net at ε = 0.05). The big-M
 values are never tiny or huge in a harmful way: an M below HiGHS's ``small_matrix_value`` only concerns
 neurons with |l| or u below 1e-9, whose effect on the objective the margin also covers.
 """
@@ -116,8 +116,9 @@ class _Example:
         if out.solution is not None:
             pt = self.point(out.solution)
             value = replay(self.hidden, self.last, pt.cpu().double().numpy(), row)
-        if out.status == "target" and (value is None or value > stop_at):  # the solver's point does not replay below t: go on
-            out = self.model.solve_milp(row, left, target=None, settle_above=settle)
+        if out.status == "target" and (value is None or value > stop_at):  # its point does not replay <= t: go on
+            out = self.model.solve_milp(row, None if left is None else max(left - seconds, 1e-3), target=None,
+                                        settle_above=settle)
             seconds += out.seconds
             if out.solution is not None:
                 pt = self.point(out.solution)

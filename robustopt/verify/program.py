@@ -180,7 +180,8 @@ def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Pr
         matrices.append(W)
         act, uns = np.flatnonzero(ph.active), np.flatnonzero(ph.unstable)
         no_lower, s = np.full(len(uns), -np.inf), ph.slope[uns]
-        rows.add([_diagonal(act, cols.start), _csr_rows(W, act, prev.start, -np.ones(len(act)))], b[act], b[act])  # a = z
+        rows.add([_diagonal(act, cols.start), _csr_rows(W, act, prev.start, -np.ones(len(act)))],  # a = z
+                 b[act], b[act])
         rows.add([_csr_rows(W, uns, prev.start), _diagonal(uns, cols.start, -1.0)], no_lower, -b[uns])  # a >= z
         rows.add([_diagonal(uns, cols.start), _csr_rows(W, uns, prev.start, -s)],  # a <= s (z - l)
                  no_lower, s * (b[uns] - l[uns]), s * (np.abs(b[uns]) + np.abs(l[uns])))
