@@ -181,12 +181,14 @@ def scaled(value, factor, x):
 def eval_mode(model: nn.Module):
     """Run with every submodule in eval mode; restore each one's own flag afterwards."""
     flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+    if any(flag for _, flag in flags):  # an eval-mode model (the usual case) is left alone
+        model.eval()
     try:
         yield model
     finally:
         for m, flag in flags:
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
 
 
 def resolve_seed(seed) -> int:
