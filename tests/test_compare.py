@@ -30,7 +30,7 @@ def small():
 @pytest.fixture(scope="module")
 def comparison(small):
     model, X, y = small
-    return compare(model, X, y, EPS, methods=ALL, attack_steps=30, progress=False)
+    return compare(model, X, y, EPS, methods=ALL, attack_steps=30, exact="all", progress=False)
 
 
 def test_chain_holds_and_every_relation_was_checked(comparison):
@@ -57,6 +57,16 @@ def test_per_example_order_of_the_bounds(comparison):
             assert row["milp_status"] == "certified"
         elif row["upper"] <= 0:
             assert all(row[f"{m}_status"] == "falsified" for m in comparison.methods)
+
+
+def test_exact_minimum_from_the_candidate_classes_only(small, comparison):
+    """exact="min" solves only the classes that can attain the minimum, and finds the same minimum."""
+    model, X, y = small
+    fast = compare(model, X, y, EPS, methods=("pgd", "crown", "lp", "milp"), attack_steps=30, progress=False)
+    assert fast.ok and fast.settings["exact"] == "min"
+    for a, b in zip(fast.rows, comparison.rows):
+        assert a["exact"] == pytest.approx(b["exact"], abs=1e-5)
+        assert a["milp_status"] == b["milp_status"]
 
 
 def test_summary_accuracies_are_ordered(comparison):

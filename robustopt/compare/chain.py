@@ -29,13 +29,15 @@ def _np(t):
     return t.detach().cpu().double().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=float)
 
 
-def _relations(lowers, status, lp_inputs, options, milp_margin):
+def _relations(lowers, status, lp_inputs, options, milp_margin, milp_solved):
     """(lhs name, rhs name, lhs rows, rhs rows, example mask, extra tolerance per example)."""
     n = next(iter(lowers.values())).shape[0]
     everyone, zero = np.ones(n, dtype=bool), np.zeros(n)
     out = []
     if "milp" in lowers:
         solved = status["milp"] == "optimal"
+        if milp_solved is not None:  # only the rows the MILP solved (the others hold another method's bound)
+            solved = solved[:, None] & np.asarray(milp_solved, dtype=bool)
         extra = zero if milp_margin is None else np.asarray(milp_margin, dtype=float)
         out += [(m, "milp", lowers[m], lowers["milp"], solved, extra) for m in lowers if m != "milp"]
     for lp in LP_METHODS:
@@ -49,12 +51,13 @@ def _relations(lowers, status, lp_inputs, options, milp_margin):
 
 
 def check_chain(lowers, upper, status, labels, lp_inputs=("ibp", "crown"), options=None, milp_margin=None,
-                atol=1e-5, rtol=1e-5):
+                milp_solved=None, atol=1e-5, rtol=1e-5):
     """Check every valid relation; returns ``(violations, checks)``.
 
     ``lowers``: {method: margin rows (n, k-1)}, ``upper``: rows (n, k-1) of the smallest margin seen at a point
     of the ball (+inf where none), ``status``: {method: solver status (n,)}, ``labels`` (n,), ``lp_inputs``:
-    the methods whose intermediate bounds the LP was given, ``milp_margin`` (n,): the MILP's safety margin.
+    the methods whose intermediate bounds the LP was given, ``milp_margin`` (n,): the MILP's safety margin,
+    ``milp_solved`` (n, k-1): the rows the MILP solved (default: all).
     ``violations``: dicts with ``example``, ``class``, ``relation`` ("a <= b"), ``lhs``, ``rhs``, ``excess``,
     ``tolerance``; ``checks``: the number of (example, class, relation) triples checked.
     """
@@ -62,18 +65,19 @@ def check_chain(lowers, upper, status, labels, lp_inputs=("ibp", "crown"), optio
     labels = _np(labels).astype(int)
     violations, checks = [], 0
     relations = [(m, "points", low, upper, None, None) for m, low in lowers.items()]
-    relations += _relations(lowers, status, lp_inputs, options, milp_margin)
+    relations += _relations(lowers, status, lp_inputs, options, milp_margin, milp_solved)
     for lhs_name, rhs_name, lhs, rhs, mask, extra in relations:
         a, b = _np(lhs), _np(rhs)
         n = a.shape[0]
-        mask = np.ones(n, dtype=bool) if mask is None else mask
+        mask = np.ones(n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        mask = np.broadcast_to(mask[:, None] if mask.ndim == 1 else mask, a.shape)
         extra = np.zeros(n) if extra is None else extra
         with np.errstate(invalid="ignore"):
             scale = np.maximum(np.abs(np.where(np.isfinite(a), a, 0.0)), np.abs(np.where(np.isfinite(b), b, 0.0)))
             tol = atol + rtol * scale + extra[:, None]
             diff = a - b
-            bad = (np.isnan(a) | (diff > tol)) & mask[:, None]
-        checks += int(mask.sum()) * a.shape[1]
+            bad = (np.isnan(a) | (diff > tol)) & mask
+        checks += int(mask.sum())
         for i, r in zip(*np.nonzero(bad)):
             j = int(r) + (1 if r >= labels[i] else 0)  # rows skip the label's own class
             violations.append({"example": int(i), "class": j, "relation": f"{lhs_name} <= {rhs_name}",

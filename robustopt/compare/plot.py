@@ -78,7 +78,8 @@ def _intervals(ax, comparison, level, max_examples):
     ax.set_title(f"(a) each example at ε = {level_radius(eps):g}: grey bar from the best certified lower bound "
                  f"to the attack's margin", fontsize=9.5)
     if any(np.any(lower[m] < bottom) for m in bounds):
-        ax.text(0.01, 0.02, "↓ bound below the plotted range", transform=ax.transAxes, fontsize=8, color="0.35")
+        ax.text(0.01, 0.98, "↓ at the bottom: a bound below the plotted range", transform=ax.transAxes, fontsize=8,
+                color="0.35", va="top")
 
 
 def _curves(ax, comparison):

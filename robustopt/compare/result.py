@@ -137,14 +137,14 @@ class Comparison:
         return cls(eps=data["eps"], attacks=data["attacks"], methods=data["methods"], rows=rows,
                    summary=data["summary"], violations=violations, settings=data["settings"], meta=data["meta"])
 
-    def plot(self, path=None, level=None, max_examples=40):
+    def plot(self, path=None, level=None, max_examples=40, title=None):
         """PNG (or any format matplotlib knows from ``path``'s suffix): (a) per-example intervals [best certified
         lower bound, smallest attack margin] with the exact value marked, (b) accuracy versus eps per method.
-        Returns the matplotlib figure. Needs matplotlib (``pip install 'robustopt[plot]'``)."""
+        ``title``: the figure's title. Returns the matplotlib figure. Needs matplotlib (``pip install 'robustopt[plot]'``)."""
         from .plot import plot_comparison
 
         level = self.default_level if level is None else self._check_level(level)
-        return plot_comparison(self, path, level, max_examples)
+        return plot_comparison(self, path, level, max_examples, title)
 
 
 def _number(value):
