@@ -99,6 +99,8 @@ class Problem:
     target: torch.Tensor | None
     ball: Ball
     classes: int
+    lo: torch.Tensor  # elementwise bounds of B(x), shape of x (for ℓ∞, B(x) is exactly [lo, hi])
+    hi: torch.Tensor
 
     def subset(self, keep):
         """The problem restricted to examples ``keep`` (bool mask or indices)."""
@@ -107,7 +109,8 @@ class Problem:
                        target=self.target[keep] if self.target is not None else None,
                        ball=Ball(_rows(self.ball.eps, keep, n, 1), self.ball.norm,
                                  _rows(self.ball.lower, keep, n, self.x.dim()),
-                                 _rows(self.ball.upper, keep, n, self.x.dim())))
+                                 _rows(self.ball.upper, keep, n, self.x.dim())),
+                       lo=self.lo[keep], hi=self.hi[keep])
 
     def objective(self, loss, goal=None, target=None):
         goal = goal or ("targeted" if self.target is not None else "untargeted")
@@ -136,7 +139,9 @@ def setup(model, x, y, eps, norm, lower, upper, targeted=None) -> Problem:
     n = x.shape[0]
     eps = check_eps(eps, n, like=x)
     ball = Ball(eps, norm, lower, upper)
-    ball.check_center(x)
+    lo, hi = ball.box(x)
+    if bool(((lo - x).amax() > 1e-6) | ((x - hi).amax() > 1e-6)):  # x outside [lower, upper]
+        ball.check_center(x)  # raises, explaining
     with eval_mode(model), torch.no_grad():
         probe = model(x[:1])  # one example tells the number of classes
     if probe.dim() != 2 or probe.shape[0] != 1:
@@ -150,7 +155,7 @@ def setup(model, x, y, eps, norm, lower, upper, targeted=None) -> Problem:
         if bool((target == y).any()):
             raise ValueError("targeted must differ from y for every example (a target class other than the "
                              "true label)")
-    return Problem(model, x, y, target, ball, classes)
+    return Problem(model, x, y, target, ball, classes, lo, hi)
 
 
 def step_sizes(step_size, ball: Ball, steps: int, x: torch.Tensor):
@@ -272,12 +277,18 @@ class Record:
         n = problem.x.shape[0]
         like = problem.x
         self.x = problem.x.clone()
+        self.empty = True  # nothing offered yet
         self.score = torch.full((n,), math.inf, dtype=like.dtype, device=like.device)
         self.margin = torch.full_like(self.score, math.inf)
         self.loss = torch.full_like(self.score, math.nan)
 
     def update(self, idx, x, score, margin_y, loss):
         """Keep (x, ...) where its score is lower; ``idx`` = the examples' positions (None: all of them)."""
+        if idx is None and self.empty:
+            self.x, self.score, self.margin, self.loss = x.clone(), score, margin_y, loss
+            self.empty = False
+            return
+        self.empty = False
         if idx is None:
             better = score < self.score
             self.x = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x, self.x)

@@ -83,7 +83,7 @@ def _ascend(problem, objective, x_adv, record, idx, steps, early_stop):
     if idx is not None:  # work on the examples still standing only
         problem, objective, x_adv = problem.subset(idx), objective.subset(idx), x_adv[idx]
         x0, ball, steps = problem.x, problem.ball, _rows(steps, idx)
-    lo, hi = ball.box(x0)  # for ℓ∞ ball ∩ box is exactly this box
+    lo, hi = problem.lo, problem.hi
     for k in range(len(steps)):
         logits, loss, grad = forward_backward(model, objective, x_adv)
         if early_stop:
@@ -93,9 +93,9 @@ def _ascend(problem, objective, x_adv, record, idx, steps, early_stop):
                 keep = ~done
                 if not bool(keep.any()):
                     return
-                idx, x_adv, grad, x0, lo, hi = idx[keep], x_adv[keep], grad[keep], x0[keep], lo[keep], hi[keep]
+                idx, x_adv, grad = idx[keep], x_adv[keep], grad[keep]
                 problem, objective, steps = problem.subset(keep), objective.subset(keep), _rows(steps, keep)
-                ball = problem.ball
+                x0, ball, lo, hi = problem.x, problem.ball, problem.lo, problem.hi
         x_adv = _step(ball, x_adv, grad, x0, steps[k], lo, hi)
     logits, loss = forward(model, objective, x_adv)
     record.observe(idx, x_adv, logits, loss, objective)
