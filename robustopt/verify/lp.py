@@ -8,7 +8,7 @@ For each example and output row, :func:`~.program.build_program` gives the LP
 
 with the intermediate bounds (l, u) given by ``intermediate=`` or, by default, the elementwise tightest of
 IBP and CROWN, so the LP dominates both. One HiGHS model per example; the objective changes per row and
-the simplex starts from the previous row's basis.
+the simplex starts from the previous row's basis (presolve off: 1.6x faster per LP here).
 
 **Soundness.** The reported bound is never HiGHS's objective value: it is recomputed from HiGHS's row
 duals by :func:`~.program.dual_bound`, a Lagrangian bound valid for *any* multipliers (dual infeasibility

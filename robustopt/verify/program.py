@@ -14,6 +14,9 @@ and sound pre-activation bounds :math:`l_k \le z_k \le u_k`, the variables are t
 - MILP only, a binary :math:`\delta` per unstable neuron: :math:`a \le u \delta`,
   :math:`a \le z - l (1 - \delta)` (these and the triangle force :math:`a = \sigma(z)`).
 
+The bounds :math:`\sigma(l) \le a \le \sigma(u)` are implied on unstable neurons; on active ones they add
+:math:`l \le z \le u`, valid since (l, u) are sound, which the bare triangle LP leaves out: the LP can only
+get tighter, and every variable is bounded, which the certificate below needs.
 Rows are stored as :math:`L \le A v \le U` (HiGHS's form) with the objectives :math:`c_r^\top v + o_r`, the
 rows of the last affine layer. ``x`` lies in the box of the ball, padded outward by a few units in the
 last place so that rounding in its computation cannot cut off a point of the ball.
