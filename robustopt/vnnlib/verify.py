@@ -78,6 +78,12 @@ class _Run:
                 return True
         return False
 
+    def _drop(self, refuted, stage):
+        """Close the refuted disjuncts; the stage that closes the last one decides unsat."""
+        self.open = [i for i in self.open if i not in refuted]
+        if not self.open:
+            self.decided_by = stage
+
     # ------------------------------------------------------------------ stages
     def attack(self, steps, restarts, seed, targeted) -> bool:
         """PGD minimizing min_i h_i over the open disjuncts from ``restarts`` random starts at once
@@ -111,9 +117,7 @@ class _Run:
             self.disjunct_lower[i] = max(self.disjunct_lower[i], value - b)
             if value > b:
                 refuted.add(i)
-        if refuted and self.decided_by is None:
-            self.decided_by = method
-        self.open = [i for i in self.open if i not in refuted]
+        self._drop(refuted, method)
 
     def exact(self) -> str | None:
         """The MILP on h_i of the open disjuncts (one program, its rows solved weakest first, stopping at the
@@ -134,9 +138,7 @@ class _Run:
         refuted = {i for i, value in zip(self.open, lower) if value > 0}
         for i, value in zip(self.open, lower):
             self.disjunct_lower[i] = max(self.disjunct_lower[i], value)
-        if refuted:
-            self.decided_by = "milp"
-        self.open = [i for i in self.open if i not in refuted]
+        self._drop(refuted, "milp")
         timed_out = str(res.status[0]) == "time_limit"
         return "timeout" if self.open and (timed_out or self.out_of_time()) else None
 
