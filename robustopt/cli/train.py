@@ -72,7 +72,8 @@ def run(args):
     result = {"model": out, "arch": args.arch, "method": args.method, "eps": args.eps, "norm": args.norm,
               "epochs": args.epochs, "n_train": len(y), "train_seconds": history["seconds"],
               "train_loss": history["loss"][-1], "train_accuracy": history["accuracy"][-1], "evaluation": None}
-    lines = [f"trained {args.arch} with {args.method} (eps {args.eps}, l_{args.norm}) on {len(y)} {args.data} "
+    ball = "" if args.method == "standard" else f" (eps {args.eps}, l_{args.norm})"
+    lines = [f"trained {args.arch} with {args.method}{ball} on {len(y)} {args.data} "
              f"examples for {args.epochs} epochs in {history['seconds']:.1f} s: loss {result['train_loss']:.4f}, "
              f"training accuracy {result['train_accuracy']:.3f}", f"saved {out}"]
     if args.eval_n:

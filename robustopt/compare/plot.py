@@ -56,13 +56,13 @@ def _intervals(ax, comparison, level, max_examples):
     for p, i in zip(pos, order):
         if np.isfinite(best[i]) and np.isfinite(upper[i]):
             ax.plot([p, p], [best[i], upper[i]], color="0.6", lw=5, solid_capstyle="butt", zorder=2)
-    for m in bounds:
-        values = lower[m][order]
+    for k, m in enumerate(bounds):  # side by side within each example's slot, so that equal bounds stay visible
+        values, at = lower[m][order], pos + 0.12 * (k - (len(bounds) - 1) / 2)
         clipped = values < bottom
-        ax.scatter(pos[~clipped], values[~clipped], marker=MARKERS.get(m, "o"), s=22, color=COLORS.get(m),
+        ax.scatter(at[~clipped], values[~clipped], marker=MARKERS.get(m, "o"), s=22, color=COLORS.get(m),
                    zorder=3)
         if clipped.any():
-            ax.scatter(pos[clipped], np.full(clipped.sum(), bottom + 0.25 * pad), marker="$\\downarrow$", s=40,
+            ax.scatter(at[clipped], np.full(clipped.sum(), bottom + 0.25 * pad), marker="$\\downarrow$", s=40,
                        color=COLORS.get(m), zorder=3)
     ax.scatter(pos, upper[order], marker="_", s=140, lw=2.2, color=COLORS.get(attacks[0] if attacks else "pgd"),
                zorder=4)
@@ -92,7 +92,7 @@ def _curves(ax, comparison):
         y = np.array([np.nan if v is None else 100 * v for v in curves[name]], dtype=float)[order]
         ax.plot(x, y, label=label, **style)
 
-    draw("clean", "clean accuracy (b)", color="0.5", ls=":", lw=1.5)
+    draw("clean", "clean accuracy (panel b)", color="0.5", ls=":", lw=1.5)
     for a in comparison.attacks:
         draw(a, f"{a} attack (upper bound)", color=COLORS.get(a), marker="_", ms=12, mew=2.2, lw=2)
     if comparison.exact:
