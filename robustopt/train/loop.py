@@ -48,6 +48,11 @@ def check_options(method: str, options: dict) -> dict:
     return out
 
 
+def _check_model(model):
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+
+
 def _check_box(bound, X, name):
     """lower / upper: None, a number, or a tensor broadcastable to one example (a box shared by all)."""
     if bound is None or (isinstance(bound, Real) and not isinstance(bound, bool)):
@@ -83,6 +88,8 @@ def robust_loss(model, X, y, method="pgd", eps=0.1, norm="inf", lower=0.0, upper
                 **options) -> float:
     """The mean training objective of ``method`` on (X, y) at radius ``eps`` and the end values of its ramps
     (κ, CROWN weight), without updating the model (which stays in its current mode)."""
+    _check_model(model)
+    batch_size = check_positive_int(batch_size, "batch_size")
     X = as_inputs(X, "X", dtype=model_dtype(model), device=model_device(model))
     y = as_labels(y, X.shape[0], None, "y", device=X.device)
     ctx = Context(check_eps(eps), check_norm(norm), _check_box(lower, X, "lower"), _check_box(upper, X, "upper"),
@@ -135,8 +142,7 @@ def train(model, X, y, method="pgd", eps=0.1, norm="inf", *, epochs=10, batch_si
     ``eval_data``: ``eval_epoch`` and ``eval_accuracy``, ``eval_pgd_accuracy``, ``eval_certified_accuracy``
     ({method: [...]}); ``checkpoints`` (paths written); ``seconds`` (training, without evaluation).
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    _check_model(model)
     method = check_choice(method, tuple(METHODS), "method")
     options = check_options(method, options)
     eps, norm = check_eps(eps), check_norm(norm)
