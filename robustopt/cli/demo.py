@@ -2,7 +2,7 @@
 
 1. exact robust linear classification: a standard and a robust logistic regression (digits 0 vs 1), clean and
    exact worst-case error side by side (:func:`robustopt.linear.demo_table`);
-2. a small ReLU network trained standard and certified (IBP), attacked with PGD and certified with every
+2. a small ReLU network trained standard and robustly (IBP by default), attacked with PGD and certified with every
    fast bound method on the test digits (:func:`robustopt.compare.compare`);
 3. on a few test digits: attack, exact MILP value and every certificate side by side, the bound chain checked.
 """
@@ -12,10 +12,11 @@ import os
 import sys
 import time
 
-from .options import add_run_options, emit, setup
+from .options import _norm_value, add_run_options, emit, setup
 
 FAST = ("pgd", "ibp", "crown", "alpha-crown", "dual")
 EXACT = ("pgd", "ibp", "crown", "alpha-crown", "dual", "lp", "milp")
+ROBUST_METHODS = ("ibp", "crown_ibp", "pgd", "trades", "fgsm_rs", "onestep")
 FULL = {"epochs": 15, "fast": None, "exact": 6, "attack_steps": 40, "time_limit": 10.0}
 QUICK = {"epochs": 2, "fast": 60, "exact": 2, "attack_steps": 10, "time_limit": 1.0}
 
@@ -24,11 +25,16 @@ def add_parser(subparsers):
     parser = subparsers.add_parser(
         "demo", help="the three uses on the embedded digits (about a minute)",
         description="On scikit-learn's 8x8 digits (no download): (1) a standard and a robust logistic regression, "
-                    "clean and exact worst-case error; (2) a 64-32-32-10 ReLU network trained standard and with "
-                    "IBP, attacked with PGD and certified with IBP, CROWN, alpha-CROWN and the dual network on "
+                    "clean and exact worst-case error; (2) a 64-32-32-10 ReLU network trained standard and robustly "
+                    "(--method, default IBP), attacked with PGD and certified with IBP, CROWN, alpha-CROWN and the dual network on "
                     "the test digits; (3) attack, exact MILP and certified bounds side by side on a few digits.")
     parser.add_argument("--eps", type=float, default=0.1, metavar="EPS",
                         help="l_inf radius for the networks, pixels in [0, 1] (default 0.1)")
+    parser.add_argument("--norm", type=_norm_value, default="inf", metavar="{inf,2,1}",
+                        help="the balls' norm (default inf; with 2, the LP and the MILP are left out: they are "
+                             "polyhedral)")
+    parser.add_argument("--method", default="ibp", choices=ROBUST_METHODS,
+                        help="training method of the robust network (default ibp)")
     parser.add_argument("--linear-eps", type=float, default=0.2, metavar="EPS",
                         help="l_inf radius for the linear models (default 0.2)")
     parser.add_argument("--quick", action="store_true", help="a tiny setting (seconds), for tests")
@@ -38,13 +44,18 @@ def add_parser(subparsers):
     return parser
 
 
+def _robust_name(args):
+    return {"ibp": "IBP", "crown_ibp": "CROWN-IBP", "pgd": "PGD", "trades": "TRADES", "fgsm_rs": "FGSM-RS",
+            "onestep": "one-step"}[args.method] + "-trained"
+
+
 def _linear(args):
     from ..data import load_digits
     from ..linear import demo_table
 
     train = load_digits(classes=(0, 1), split="train", seed=args.seed)
     test = load_digits(classes=(0, 1), split="test", seed=args.seed)
-    return demo_table(*train, *test, args.linear_eps, lower=0.0, upper=1.0)
+    return demo_table(*train, *test, args.linear_eps, norm=args.norm, lower=0.0, upper=1.0)
 
 
 def _networks(args, plan):
@@ -57,10 +68,10 @@ def _networks(args, plan):
 
     X, y = load_digits(split="train", seed=args.seed)
     nets = {}
-    for name, method in (("standard", "standard"), ("IBP-trained", "ibp")):
+    for name, method in (("standard", "standard"), (_robust_name(args), args.method)):
         torch.manual_seed(args.seed)
         model = mlp(X.shape[1], (32, 32), 10)
-        history = train(model, X, y, method=method, eps=args.eps, epochs=plan["epochs"], lr=3e-3, batch_size=64,
+        history = train(model, X, y, method=method, eps=args.eps, norm=args.norm, epochs=plan["epochs"], lr=3e-3, batch_size=64,
                         device=args.device, seed=args.seed, progress=args.progress)
         nets[name] = (model.eval(), history["seconds"])
     return nets
@@ -79,8 +90,9 @@ def _compare_all(args, plan, nets):
     out = {}
     for name, (model, _) in nets.items():
         common = dict(attack_steps=plan["attack_steps"], attack_restarts=1, seed=args.seed, progress=args.progress)
-        fast = compare(model, X_fast, y_fast, args.eps, FAST, **common)
-        exact = compare(model, X_fast[:plan["exact"]], y_fast[:plan["exact"]], args.eps, EXACT,
+        exact_methods = EXACT if args.norm != 2 else tuple(m for m in EXACT if m not in ("lp", "milp"))
+        fast = compare(model, X_fast, y_fast, args.eps, FAST, args.norm, **common)
+        exact = compare(model, X_fast[:plan["exact"]], y_fast[:plan["exact"]], args.eps, exact_methods, args.norm,
                         time_limit=plan["time_limit"], **common)
         out[name] = (fast, exact)
     return out
@@ -95,14 +107,15 @@ def _text(args, linear_rows, nets, results, seconds):
 
     eps = args.eps
     lines = [f"robustopt demo on the embedded 8x8 digits (seed {args.seed})", "",
-             f"1. Exact robust linear classification: digits 0 vs 1, l_inf ball eps = {args.linear_eps} inside the "
+             f"1. Exact robust linear classification: digits 0 vs 1, l_{args.norm} ball eps = {args.linear_eps} inside the "
              f"pixel box [0, 1]",
              f"   {'model':20s} {'clean error':>11s} {'worst-case error (exact)':>25s} {'fit seconds':>11s}"]
     for r in linear_rows:
         lines.append(f"   {r['model']:20s} {_pct(r['clean_error']):>11s} {_pct(r['robust_error']):>25s} "
                      f"{r['seconds']:11.2f}")
     first = next(iter(results.values()))[0].summary[0]
-    lines += ["", f"2. A 64-32-32-10 ReLU network, standard and IBP-trained; l_inf eps = {eps}, {first['n']} test "
+    lines += ["", f"2. A 64-32-32-10 ReLU network, standard and {_robust_name(args)}; l_{args.norm} eps = {eps}, "
+                  f"{first['n']} test "
                   f"digits", "   accuracy: clean; under PGD (an upper bound on the robust accuracy); certified by "
                              "each method (lower bounds)",
               f"   {'network':12s} {'train s':>7s} {'clean':>6s} {'PGD':>6s} " +
@@ -132,7 +145,7 @@ def _save(args, nets, results, linear_rows):
     os.makedirs(args.out, exist_ok=True)
     written = []
     for name, (model, _) in nets.items():
-        stem = os.path.join(args.out, name.split("-")[0].lower())
+        stem = os.path.join(args.out, "standard" if name == "standard" else args.method)
         save(model, stem + ".pt")
         written.append(stem + ".pt")
         written += write_outputs(results[name][1], stem + "_comparison",
@@ -156,7 +169,7 @@ def run(args):
     text = _text(args, linear_rows, nets, results, seconds)
     if args.out:
         text += "\nwrote " + ", ".join(_save(args, nets, results, linear_rows))
-    payload = {"eps": args.eps, "linear_eps": args.linear_eps, "quick": args.quick, "seconds": seconds,
+    payload = {"eps": args.eps, "norm": args.norm, "method": args.method, "linear_eps": args.linear_eps, "quick": args.quick, "seconds": seconds,
                "linear": linear_rows,
                "networks": {name: {"train_seconds": nets[name][1], "fast": fast.summary[0],
                                    "exact": exact.to_dict()} for name, (fast, exact) in results.items()}}
