@@ -5,6 +5,15 @@ import torch
 from torch import nn
 
 
+def flat_layers(model: nn.Module):
+    """The layers of a model in order, nested ``nn.Sequential`` containers flattened."""
+    if isinstance(model, nn.Sequential):
+        for child in model:
+            yield from flat_layers(child)
+    else:
+        yield model
+
+
 class Normalize(nn.Module):
     """Input normalization ``(x - mean) / std`` as a layer, so that models take raw inputs in [0, 1].
 

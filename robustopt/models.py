@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._validation import check_choice, check_finite, check_labels, check_positive_int
-from .layers import Normalize
+from .layers import Normalize, flat_layers
 
 __all__ = ["mlp", "cnn_small", "fit", "save", "load", "SUPPORTED_LAYERS"]
 
@@ -205,15 +205,6 @@ def _progress(iterable, enabled, desc):
 # ---------------------------------------------------------------------------------------------- save / load
 class ModelFileError(ValueError):
     """A model file that is missing, not ours, or tampered with."""
-
-
-def flat_layers(model):
-    """The layers of a Sequential, nested Sequentials flattened, in order."""
-    if isinstance(model, nn.Sequential):
-        for child in model:
-            yield from flat_layers(child)
-    else:
-        yield model
 
 
 def _layer_spec(layer) -> dict:

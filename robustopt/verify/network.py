@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from ..layers import Normalize
+from ..layers import Normalize, flat_layers
 from .operators import BatchLinear, Conv2d, Diagonal, Linear, compose
 
 __all__ = ["Network", "network", "SUPPORTED_LAYERS", "RELU"]
@@ -166,14 +166,6 @@ def _model_device(model: nn.Module):
     return torch.device("cpu")
 
 
-def _flat_layers(model: nn.Module):
-    if isinstance(model, nn.Sequential):
-        for child in model:
-            yield from _flat_layers(child)
-    else:
-        yield model
-
-
 def _unsupported(layer) -> ValueError:
     return ValueError(f"unsupported layer {type(layer).__name__} ({layer!r}); the canonical network form supports "
                       f"{', '.join(SUPPORTED_LAYERS)}")
@@ -261,7 +253,7 @@ def network(model: nn.Module, input_shape=None, dtype=torch.float64, keep_graph=
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    layers = list(_flat_layers(model))
+    layers = list(flat_layers(model))
     for layer in layers:
         if not isinstance(layer, (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Identity, Normalize,
                                   nn.BatchNorm1d, nn.BatchNorm2d)):
