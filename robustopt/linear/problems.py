@@ -66,8 +66,8 @@ def _box_intervals(X, eps, lower, upper):
 
 
 def _boxed_support(V, X, eps, norm, lo, hi):
-    r"""Expression (m,) of :math:`\max_{x' \in B(x_r)} v_r^\top x'` for the rows :math:`v_r` of the affine
-    expression V (m, d), over ball ∩ box (ℓ2 or ℓ1); :math:`[lo, hi]` is the box on x' (from :func:`box_intervals`).
+    r"""Expression (m,) and its constraints (a list) of :math:`\max_{x' \in B(x_r)} v_r^\top x'` for the rows
+    :math:`v_r` of the affine expression V (m, d), over ball ∩ box (ℓ2 or ℓ1); :math:`[lo, hi]` is the box on x' (from :func:`box_intervals`).
 
     ℓ1, by LP duality on the fractional knapsack: :math:`v^\top x + \min_{\lambda \ge 0} \varepsilon\lambda +
     \sum_j h_j (v_j - \lambda)_+ + l_j (-v_j - \lambda)_+` with :math:`h = hi - x`, :math:`l = x - lo`.
@@ -82,17 +82,27 @@ def _boxed_support(V, X, eps, norm, lo, hi):
         lam = cp.Variable(m, nonneg=True, name="knapsack_multiplier")
         lam_cols = cp.reshape(lam, (m, 1), order="C") @ np.ones((1, d))
         spend = cp.multiply(room_up, cp.pos(V - lam_cols)) + cp.multiply(room_down, cp.pos(-V - lam_cols))
-        return cp.sum(cp.multiply(V, X), axis=1) + cp.multiply(radius, lam) + cp.sum(spend, axis=1)
-    cut = np.flatnonzero((np.minimum(room_up, room_down) < np.reshape(radius, (-1, 1))).ravel())
+        return cp.sum(cp.multiply(V, X), axis=1) + cp.multiply(radius, lam) + cp.sum(spend, axis=1), []
+    r_cols = np.broadcast_to(np.reshape(radius, (-1, 1)), room_up.shape)
+    cut = np.flatnonzero((np.minimum(room_up, room_down) < r_cols).ravel())
     if cut.size == 0:  # the box cuts nothing: the plain ball
-        return cp.sum(cp.multiply(V, X), axis=1) + cp.multiply(radius, cp.norm(V, 2, axis=1))
+        return cp.sum(cp.multiply(V, X), axis=1) + cp.multiply(radius, cp.norm(V, 2, axis=1)), []
+    # A share g_j > 0 costs room_up_j per unit and lowers eps ||v - g|| by at most eps per unit, so where
+    # room_up_j >= eps it never helps: g_j <= 0 there (and g_j >= 0 where room_down_j >= eps). These sign
+    # constraints make the cost linear on one-sided coordinates, which are most of them (pixels at 0 or 1),
+    # and remove the kinks that stalled interior-point solvers.
+    up, down, r_cut = room_up.ravel()[cut], room_down.ravel()[cut], r_cols.ravel()[cut]
     g = cp.Variable(cut.size, name="box_share")
     place = sparse.csr_matrix((np.ones(cut.size), (cut, np.arange(cut.size))), shape=(m * d, cut.size))
     G = cp.reshape(place @ g, (m, d), order="C")
-    centre, half = (room_up - room_down) / 2, (room_up + room_down) / 2
+    only_down, only_up = up >= r_cut, down >= r_cut
+    both = ~(only_down | only_up)
+    cost = (cp.multiply(np.where(only_down, -down, 0.0) + np.where(only_up, up, 0.0), g)
+            + cp.multiply(np.where(both, (up - down) / 2, 0.0), g) + cp.multiply(np.where(both, (up + down) / 2, 0.0), cp.abs(g)))
+    constraints = [g[np.flatnonzero(only_down)] <= 0, g[np.flatnonzero(only_up)] >= 0]
     per_row = sparse.csr_matrix((np.ones(cut.size), (cut // d, np.arange(cut.size))), shape=(m, cut.size))
-    box_rows = per_row @ (cp.multiply(centre.ravel()[cut], g) + cp.multiply(half.ravel()[cut], cp.abs(g)))
-    return cp.sum(cp.multiply(V, X), axis=1) + cp.multiply(radius, cp.norm(V - G, 2, axis=1)) + box_rows
+    support = cp.sum(cp.multiply(V, X), axis=1) + cp.multiply(radius, cp.norm(V - G, 2, axis=1)) + per_row @ cost
+    return support, constraints
 
 
 def worst_case_margin_expression(X, y, w, b, eps, norm="inf", lower=None, upper=None):
@@ -110,7 +120,8 @@ def worst_case_margin_expression(X, y, w, b, eps, norm="inf", lower=None, upper=
         s = cp.Variable(d, nonneg=True, name="abs_w")
         return cp.multiply(y, (lo + hi) / 2 @ w + b) - (hi - lo) / 2 @ s, [s >= w, s >= -w]
     rows = np.reshape(-y, (n, 1)) @ cp.reshape(w, (1, d), order="C")  # row i: -y_i w
-    return cp.multiply(y, b) - _boxed_support(rows, X, eps, norm, lo, hi), []
+    support, constraints = _boxed_support(rows, X, eps, norm, lo, hi)
+    return cp.multiply(y, b) - support, constraints
 
 
 def _prepare_binary(X, y, eps):
@@ -217,8 +228,10 @@ def robust_multiclass_problem(X, y, eps, norm="inf", C=None, fit_intercept=True,
         lo, hi = _box_intervals(X, eps, lower, upper)
         rows = np.array([(i, j) for i in range(n) for j in range(k) if j != y[i]])
         select = np.eye(k)[rows[:, 1]] - np.eye(k)[y[rows[:, 0]]]  # row (i, j): e_j - e_{y_i}
-        support = _boxed_support(select @ W, X[rows[:, 0]], eps if np.ndim(eps) == 0 else eps[rows[:, 0]],
-                                 norm, lo[rows[:, 0]], hi[rows[:, 0]])
+        support, box_constraints = _boxed_support(select @ W, X[rows[:, 0]],
+                                                   eps if np.ndim(eps) == 0 else eps[rows[:, 0]], norm,
+                                                   lo[rows[:, 0]], hi[rows[:, 0]])
+        constraints += box_constraints
         scatter = np.zeros((n * k, rows.shape[0]))
         scatter[rows[:, 0] * k + rows[:, 1], np.arange(rows.shape[0])] = 1.0
         # the worst-case gap f_j - f_y (with the intercepts) of each pair, zero in column y
