@@ -101,11 +101,10 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=500, help="test images to attack")
     parser.add_argument("--out", default="adversarial_examples.png", help="where to save the picture")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (small models: 1 is fastest)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest for small models)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     try:
         X, y, Xt, yt, side = load(args.data, args.root, args.train_size)
