@@ -8,7 +8,7 @@ import torch
 
 from robustopt.verify import certify
 from robustopt.verify.parallel import check_n_jobs
-from vnn_helpers import digits_model, one_thread  # noqa: F401
+from vnn_helpers import digits_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ from robustopt.cli import main
 from robustopt.onnx import load as load_onnx
 from robustopt.vnnlib import load, local_robustness, read_result, save, verify_property
 from robustopt.vnnlib.runner import read_instances, run_csv, run_instance
-from vnn_helpers import SHARED_DATA, digits_model, export_onnx, one_thread  # noqa: F401
+from vnn_helpers import SHARED_DATA, digits_model, export_onnx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,7 @@ from torch import nn
 from robustopt.verify import certify
 from robustopt.vnnlib import Property, local_robustness, verify_property
 from robustopt.vnnlib.objective import objective_model
-from vnn_helpers import digits_model, grid_objective, lipschitz_inf, one_thread, tiny_net  # noqa: F401
+from vnn_helpers import digits_model, grid_objective, lipschitz_inf, tiny_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,6 @@ from torch import nn
 
 from robustopt.data import load_digits
 from robustopt.models import fit, mlp
-from verify_helpers import one_thread  # noqa: F401  (re-exported for the vnn suites)
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
