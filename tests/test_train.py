@@ -13,7 +13,6 @@ from robustopt.train.losses import (Context, crown_ibp_margins, ibp_margins, one
                                      worst_case_logits)
 from robustopt.train.schedules import lr_factor, ramp
 from robustopt.verify import margin_bounds, network
-from verify_helpers import one_thread  # noqa: F401  (fixture: small models run fastest on one thread)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = 0.1
