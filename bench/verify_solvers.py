@@ -39,7 +39,7 @@ def lp_section(setup, args):
     """``lp`` against ``lp-cvxpy`` on the first ``args.n_lp`` examples at setup's middle eps."""
     n = min(len(setup["x"]), args.n_lp)
     x, y, eps = setup["x"][:n], setup["y"][:n], setup["eps"][1]
-    net = network(setup["model"])
+    net = network(setup["model"], input_shape=tuple(x.shape[1:]))
     times, bounds = {}, {}
     for method, repeats in (("lp", args.repeats), ("lp-cvxpy", 1)):
         best = float("inf")
@@ -128,8 +128,10 @@ def milp_section(setup, args):
               f"{r['max_solver_s']:.4f} | {r['median_binaries']:.0f} | {r['mean_milps']:.2f} | "
               f"{c['certified']} / {c['falsified']} / {c['unknown']} |")
     speedup = results["naive"]["median_s"] / results["default"]["median_s"]
-    agree = all((verdicts[v] == verdicts["default"]).all() for v in verdicts)
-    print(f"median speed-up over the naive version: {speedup:.1f}x; verdicts identical across variants: {agree}")
+    # a variant stopped by the time limit says "unknown": compare the verdicts where both variants decided
+    decided = {v: verdicts[v] != "unknown" for v in verdicts}
+    agree = all((verdicts[v] == verdicts["default"])[decided[v] & decided["default"]].all() for v in verdicts)
+    print(f"median speed-up over the naive version: {speedup:.1f}x; no two variants give opposite verdicts: {agree}")
     results["speedup_vs_naive"], results["verdicts_agree"] = speedup, agree
     return results
 
