@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from robustopt import models
+from robustopt import attacks, models
 from robustopt.data import load_digits
 from robustopt.sets import Ball
 from robustopt.train import METHODS, evaluate, robust_loss, train
-from robustopt.train.losses import (Context, crown_ibp_margins, ibp_margins, onestep, trades_point,
+from robustopt.train.losses import (Context, _one_step, crown_ibp_margins, ibp_margins, onestep, trades_point,
                                      worst_case_logits)
 from robustopt.train.schedules import lr_factor, ramp
 from robustopt.verify import margin_bounds, network
@@ -87,6 +87,20 @@ def test_onestep_linf_is_fgsm(digits):
 
 
 # ---------------------------------------------------------------------------------------------- inner problems
+@pytest.mark.parametrize("norm", ["inf", 2, 1])
+def test_training_fgsm_step_is_the_attack_step(norm):
+    """fgsm / fgsm_rs take the attack's step without its checks: same point as attacks.fgsm, inside ball ∩ box."""
+    torch.manual_seed(2)
+    model = fresh_mlp().double()
+    x, y = torch.rand(8, 64, dtype=torch.float64), torch.randint(0, 10, (8,))
+    eps = {"inf": 0.1, 2: 0.5, 1: 2.0}[norm]
+    ctx = Context(eps, norm, 0.0, 1.0)
+    ours = _one_step(model, x, y, ctx, x, eps)
+    torch.testing.assert_close(ours, attacks.fgsm(model, x, y, eps, norm).x_adv)
+    start = ctx.ball.random(x, generator=torch.Generator().manual_seed(0))
+    assert ctx.ball.contains(_one_step(model, x, y, ctx, start, 1.25 * eps), x).all()
+
+
 def test_onestep_takes_the_steepest_ascent_step_of_each_norm():
     torch.manual_seed(1)
     model = fresh_mlp()

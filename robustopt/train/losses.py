@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attacks
-from ..attacks._common import eval_mode
+from ..attacks._common import ascent_direction, eval_mode, project
 from ..sets import Ball
 from ..verify import network, run_method
 from ..verify.api import margin_spec
@@ -61,21 +61,37 @@ def standard(model, x, y, ctx):
     return F.cross_entropy(logits, y), logits
 
 
+def _input_gradient(model, x, y):
+    r""":math:`\nabla_x \sum_i \mathrm{CE}(f(x_i), y_i)` in eval mode, without parameter gradients."""
+    with eval_mode(model):
+        x_req = x.detach().requires_grad_(True)
+        grad, = torch.autograd.grad(F.cross_entropy(model(x_req), y, reduction="sum"), x_req)
+    return grad
+
+
+def _one_step(model, x, y, ctx, start, length):
+    """``start`` plus one steepest-ascent step of ``length`` on the cross-entropy, projected onto ball ∩ box
+    around x: the step of :func:`robustopt.attacks.pgd`, without the attack's argument checks and final
+    scoring pass (one forward + backward in all)."""
+    ball = ctx.ball
+    lo, hi = ball.box(x)
+    grad = _input_gradient(model, start, y)
+    return project(ball, start + length * ascent_direction(ball, grad, start, lo, hi), x, lo, hi).detach()
+
+
 def fgsm(model, x, y, ctx):
     """One step of length ε in the steepest-ascent direction from x (Goodfellow et al.), projected."""
     if ctx.eps == 0:
         return standard(model, x, y, ctx)
-    x_adv = attacks.fgsm(model, x, y, ctx.eps, ctx.norm, ctx.lower, ctx.upper).x_adv
-    return _cross_entropy_at(model, x_adv, y)
+    return _cross_entropy_at(model, _one_step(model, x, y, ctx, x, ctx.eps), y)
 
 
 def fgsm_rs(model, x, y, ctx):
     """A uniform random start in the ball, then one step of length ``alpha * eps`` (Wong, Rice, Kolter)."""
     if ctx.eps == 0:
         return standard(model, x, y, ctx)
-    x_adv = attacks.pgd(model, x, y, ctx.eps, ctx.norm, steps=1, step_size=ctx.options["alpha"] * ctx.eps,
-                        random_start=True, lower=ctx.lower, upper=ctx.upper, seed=ctx.seed).x_adv
-    return _cross_entropy_at(model, x_adv, y)
+    start = ctx.ball.random(x, generator=torch.Generator(device=x.device).manual_seed(ctx.seed))
+    return _cross_entropy_at(model, _one_step(model, x, y, ctx, start, ctx.options["alpha"] * ctx.eps), y)
 
 
 def _step_size(ctx):
@@ -133,10 +149,7 @@ def onestep(model, x, y, ctx):
     """
     if ctx.eps == 0:
         return standard(model, x, y, ctx)
-    with eval_mode(model):
-        x_req = x.detach().requires_grad_(True)
-        grad, = torch.autograd.grad(F.cross_entropy(model(x_req), y, reduction="sum"), x_req)
-    x_adv = ctx.ball.support_point(grad, x).detach()
+    x_adv = ctx.ball.support_point(_input_gradient(model, x, y), x).detach()
     return _cross_entropy_at(model, x_adv, y)
 
 
