@@ -123,6 +123,13 @@ def test_a_violation_is_reported_loudly_never_fixed(small, monkeypatch):
     assert "BOUND CHAIN VIOLATED" in c.to_markdown() and "VIOLATED" in {r["chain"] for r in c.rows}
 
 
+def test_a_timed_out_solver_never_certifies_in_compare():
+    from robustopt.compare.core import _verdict
+    lower, upper = np.array([1.0, 1.0, -1.0, -1.0]), np.array([2.0, 2.0, -0.5, 2.0])
+    status = np.array(["optimal", "time_limit", "time_limit", "error"])
+    assert _verdict(lower, upper, status).tolist() == ["certified", "time_limit", "falsified", "error"]
+
+
 def test_check_chain_relations():
     """LP below CROWN is a violation only when the LP used CROWN's intermediate bounds and solved optimally."""
     labels = torch.tensor([1])

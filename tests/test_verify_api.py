@@ -93,6 +93,23 @@ def test_certify_verdicts_are_consistent():
     assert not ((ibp.status == "certified") & (crown.status == "falsified")).any()
 
 
+@pytest.mark.parametrize("status", ["time_limit", "error"])
+def test_certify_never_certifies_a_timed_out_or_failed_solve(monkeypatch, status):
+    """DESIGN.md: a solver time-out or failure is "unknown", even when the bound it returned is > 0."""
+    from robustopt.verify import certification
+    from robustopt.verify.methods import Bounds
+
+    def solved(problem, spec, method, run, options, n_jobs, progress):
+        return Bounds(lower=torch.ones(len(run), spec.shape[1], dtype=torch.float64),
+                      status=np.array([status] + ["optimal"] * (len(run) - 1)))
+
+    monkeypatch.setattr(certification, "solve_examples", solved)
+    model = _model()
+    x, y = _data(model, n=6)
+    res = certify(model, x, y, 0.0, method="lp", attack=False, progress=False)
+    assert res.status[0] == "unknown" and (res.status[1:] == "certified").all()
+
+
 def test_certify_time_limit_and_unknown_options():
     model = _model()
     x, y = _data(model, n=8)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .._validation import check_choice, check_norm, check_positive_int, reject_unknown_options
 from ..verify import METHODS, get_method
 from ..verify.api import DEFAULT_BATCH_SIZE, Problem, labels_tensor, margin_spec
-from ..verify.methods import check_intermediate, tightest
+from ..verify.methods import UNSETTLED, check_intermediate, tightest
 from .chain import check_chain
 from .result import Comparison
 
@@ -173,9 +173,11 @@ def _run_exact(problem, C, opts, lowers, upper_rows):
 
 
 def _verdict(lower, upper, solver_status):
-    """certified / falsified / time_limit / error / unknown per example."""
-    out = np.where(lower > 0, "certified", np.where(upper <= 0, "falsified", "unknown")).astype(object)
-    failed = (out == "unknown") & np.isin(solver_status, ("time_limit", "error"))
+    """certified / falsified / time_limit / error / unknown per example: a solver that timed out or failed never
+    certifies, even with a proven bound > 0 (its example shows the status instead)."""
+    unsettled = np.isin(solver_status, UNSETTLED)
+    out = np.where((lower > 0) & ~unsettled, "certified", np.where(upper <= 0, "falsified", "unknown")).astype(object)
+    failed = (out == "unknown") & unsettled
     out[failed] = solver_status[failed]
     return out.astype(str)
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .._validation import check_eps
 from .api import DEFAULT_BATCH_SIZE, Problem, _check_options, labels_tensor, margin_bounds, margin_spec, spread_margins
-from .methods import get_method
+from .methods import UNSETTLED, get_method
 from .parallel import check_n_jobs, solve_examples
 
 __all__ = ["CertifyResult", "certify", "certified_radius"]
@@ -123,6 +123,7 @@ def certify(model, X, y, eps, norm="inf", method="crown", lower=0.0, upper=1.0, 
     y = labels_tensor(y, problem)
     n, k, net = problem.n, problem.net.out_features, problem.net
     falsified = torch.zeros(n, dtype=torch.bool, device=net.device)
+    unsettled = torch.zeros(n, dtype=torch.bool, device=net.device)  # a solver timed out or failed
     bounds = torch.full((n, k), float("-inf"), dtype=net.dtype, device=net.device)
     counterexample, seconds = {}, np.zeros(n)
 
@@ -148,6 +149,8 @@ def certify(model, X, y, eps, norm="inf", method="crown", lower=0.0, upper=1.0, 
             res = (solve_examples(problem, spec, method, run, options, n_jobs, progress) if module.SOLVER
                    else problem.bounds(spec, method, run, options))
             bounds[run] = spread_margins(res.lower, y[run], k)
+            if res.status is not None:
+                unsettled[run] = torch.as_tensor(np.isin(res.status, UNSETTLED), device=net.device)
             if res.points is not None:  # e.g. the MILP's minimizers: keep those that really break the margin
                 pts = res.points.to(net.dtype)
                 for r in range(pts.shape[1]):
@@ -160,7 +163,7 @@ def certify(model, X, y, eps, norm="inf", method="crown", lower=0.0, upper=1.0, 
     if conflict.any():  # a proven bound above a real point's margin: rounding at a tie, or a bug
         warnings.warn(f"certify: {int(conflict.sum())} example(s) have a margin lower bound > 0 and a counterexample "
                       f"(indices {torch.nonzero(conflict).flatten().tolist()[:10]}); reported as falsified")
-    certified = (margin_lower > 0) & ~falsified
+    certified = (margin_lower > 0) & ~falsified & ~unsettled
     status = np.where(falsified.cpu().numpy(), "falsified", np.where(certified.cpu().numpy(), "certified", "unknown"))
     return CertifyResult(status=status.astype(str), margin_lower=margin_lower, margin_bounds=bounds,
                          counterexample=counterexample, certified_accuracy=float(certified.double().mean()) if n else 0.0,

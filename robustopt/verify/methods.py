@@ -64,6 +64,8 @@ METHODS = {
     "milp": "milp",
 }
 COMMON_OPTIONS = frozenset({"compute_upper", "intermediate", "return_intermediate"})
+# example statuses of a solver that never certify, whatever bound came back (DESIGN.md: time-out / failure is unknown)
+UNSETTLED = ("time_limit", "error")
 _NORM_NAMES = {"inf": "l_inf", 2: "l_2", 1: "l_1"}
 
 
