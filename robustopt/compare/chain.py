@@ -5,7 +5,7 @@ With margin rows :math:`m_j = f_y - f_j` (j != y) and :math:`\underline m^{M}_j`
 - every method: :math:`\underline m^{M}_j \le m_j(x')` at every known point x' of the ball (the clean point,
   the attacks' points, the MILP's minimizers), always valid;
 - every method: :math:`\underline m^{M}_j \le \mathrm{MILP}_j` where the MILP was solved to optimality
-  (it is then the exact minimum up to its gap; its safety margin is added to the tolerance);
+  (it is then the exact minimum up to its gap; its gap, ``info["margin"]``, is added to the tolerance);
 - ``lp`` / ``lp-cvxpy`` :math:`\ge` each closed-form method whose intermediate bounds it was given (and
   that the LP solved to optimality); CROWN and IBP have no fixed order, nor do CROWN and the dual network;
 - ``alpha-crown`` :math:`\ge` ``crown`` (alpha-CROWN starts from CROWN's slopes and keeps the best), unless
@@ -56,7 +56,7 @@ def check_chain(lowers, upper, status, labels, lp_inputs=("ibp", "crown"), optio
 
     ``lowers``: {method: margin rows (n, k-1)}, ``upper``: rows (n, k-1) of the smallest margin seen at a point
     of the ball (+inf where none), ``status``: {method: solver status (n,)}, ``labels`` (n,), ``lp_inputs``:
-    the methods whose intermediate bounds the LP was given, ``milp_margin`` (n,): the MILP's safety margin,
+    the methods whose intermediate bounds the LP was given, ``milp_margin`` (n,): the MILP's gap (how far below the exact minimum its bound may be),
     ``milp_solved`` (n, k-1): the rows the MILP solved (default: all).
     ``violations``: dicts with ``example``, ``class``, ``relation`` ("a <= b"), ``lhs``, ``rhs``, ``excess``,
     ``tolerance``; ``checks``: the number of (example, class, relation) triples checked.

@@ -109,7 +109,7 @@ def _method_options(method, options, time_limit, intermediate):
 def _run_bounds(method, problem, C, opts, batch_size):
     """One bound method on every example: a dict with ``lower`` rows (n, k-1), solver ``status`` (n,),
     ``seconds`` (n,), the ``intermediate`` bounds it used, ``replayed`` rows (n, k-1) of its minimizers'
-    values (NaN where none) and the MILP's safety ``margin`` (n,) (zeros for other methods)."""
+    values (NaN where none) and the MILP's ``margin`` (n,): its gap (zeros for other methods)."""
     net, n = problem.net, problem.n
     opts = dict(opts)
     if opts.get("intermediate") is not None:
@@ -210,7 +210,7 @@ def compare(model, X, y, eps, methods=DEFAULT_METHODS, norm="inf", lower=0.0, up
         (the tightest of IBP and CROWN).
     options : ``{method: {option: value}}`` passed on to that method (e.g. ``{"alpha-crown": {"steps": 100}}``).
     atol, rtol : tolerance of the chain check: a relation ``a <= b`` is violated when
-        ``a - b > atol + rtol * max(|a|, |b|)`` (plus the MILP's own safety margin where it is involved).
+        ``a - b > atol + rtol * max(|a|, |b|)`` (plus the MILP's own gap where it is involved).
 
     Returns a :class:`Comparison` (per-example rows, per-radius summary, chain violations). A violation is a
     soundness bug: it is reported with a warning and in the summary, never corrected.

@@ -4,7 +4,7 @@ The model is passed once per example; changing the objective keeps the simplex b
 the next row starts warm. The MILP solve can stop early: at a point with objective <= ``target`` (HiGHS's
 ``objective_target``) or once the proven bound exceeds ``settle_above`` (a callback interrupts the
 branch and bound). Nothing here decides soundness: :mod:`.lp` recomputes its bound from the duals and
-:mod:`.milp` subtracts its documented margin.
+:mod:`.milp` proves its bounds by :mod:`.phase_search`, whatever HiGHS's MILP solver claims.
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ class HighsModel:
         h.passModel(lp)
         self.highs = h
         self._columns = np.arange(A.shape[1], dtype=np.int32)
-        self._settle_above = None
+        self._settle_above = self._row = None
         h.cbMipInterrupt.subscribe(self._interrupt)
 
     def _interrupt(self, event):
@@ -87,13 +87,29 @@ class HighsModel:
 
     def _objective(self, row, time_limit):
         h = self.highs
-        h.changeColsCost(len(self._columns), self._columns, self.program.objective[row])
-        h.changeObjectiveOffset(float(self.program.offset[row]))
+        if row != self._row:  # the same objective again keeps everything (branch and bound changes bounds only)
+            h.changeColsCost(len(self._columns), self._columns, self.program.objective[row])
+            h.changeObjectiveOffset(float(self.program.offset[row]))
+            self._row = row
         h.setOptionValue("time_limit", float("inf") if time_limit is None else max(float(time_limit), 1e-3))
 
     def _status(self):
         name = str(self.highs.getModelStatus()).split(".")[-1]
         return _STATUS.get(name, name)
+
+    def set_column_bounds(self, columns, lower, upper):
+        """Change the bounds of ``columns`` (int array) to ``lower`` / ``upper`` (arrays)."""
+        self.highs.changeColsBounds(len(columns), np.asarray(columns, np.int32), np.asarray(lower, float),
+                                    np.asarray(upper, float))
+
+    def primal(self) -> np.ndarray:
+        """The column values of the last solve."""
+        return np.asarray(self.highs.getSolution().col_value, float)
+
+    def dual_ray(self):
+        """HiGHS's dual ray (row multipliers proving the last LP infeasible), or None."""
+        _, has_ray, ray = self.highs.getDualRay()
+        return np.asarray(ray, float) if has_ray else None
 
     def solve_lp(self, row, time_limit=None):
         """(status, row duals (rows,), objective value) of the LP for objective ``row``."""

@@ -43,6 +43,7 @@ bound for sums and dot products of N terms). Both are at most :math:`(16u + 2\ga
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -76,8 +77,8 @@ class Program:
     """``row_lower <= A v <= row_upper``, ``col_lower <= v <= col_upper``, objectives ``objective @ v + offset``.
 
     Columns: ``x`` (0..d-1), then for l_1 the split p, q, then ``layer_cols[k]`` (a_k) per ReLU layer, then
-    (MILP) ``binary_cols``. Rows: the l_1 input rows, then ``relu_rows`` (the triangle LP; the only rows
-    :func:`dual_bound` uses), then (MILP) the big-M rows."""
+    (MILP) ``binary_cols``. Rows: the l_1 input rows, then ``relu_rows``: the triangle LP, then (MILP) the
+    big-M rows; they are the rows :func:`dual_bound` uses."""
 
     A: sp.csr_array
     row_lower: np.ndarray
@@ -88,10 +89,16 @@ class Program:
     offset: np.ndarray  # (m,)
     d: int
     relu_rows: slice
-    row_extra: np.ndarray  # e_i for the relu rows (rounding in the stored coefficients)
+    row_extra: np.ndarray  # e_i for the relu rows (rounding in the stored coefficients and sides)
     layer_cols: list
     phases: list
     binary_cols: slice | None = None
+
+    @cached_property
+    def relu_block(self):
+        """(A, A^T, |A|, lower, upper) of the relu rows, sliced once (the certificate's hot path)."""
+        A = self.A[self.relu_rows.start:self.relu_rows.stop].tocsr()
+        return A, A.T.tocsr(), abs(A), self.row_lower[self.relu_rows], self.row_upper[self.relu_rows]
 
     @property
     def integrality(self) -> np.ndarray:
@@ -193,8 +200,6 @@ def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Pr
         layer_cols.append(cols)
         phases.append(ph)
         prev = cols
-    relu_rows = slice(relu_start, rows.count)
-    extra = np.concatenate(rows.extra)[relu_start:] if rows.extra else np.zeros(0)
     binary_cols = None
     if integer:
         total = sum(int(ph.unstable.sum()) for ph in phases)
@@ -206,11 +211,14 @@ def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Pr
             own = np.arange(k)
             rows.add([_diagonal(uns, cols.start), _diagonal(own, start, -ph.upper[uns])], no_lower, 0.0)  # a <= u d
             rows.add([_diagonal(uns, cols.start), _csr_rows(W, uns, p.start, -np.ones(k)),  # a <= z - l (1 - d)
-                      _diagonal(own, start, -ph.lower[uns])], no_lower, b[uns] - ph.lower[uns])
+                      _diagonal(own, start, -ph.lower[uns])], no_lower, b[uns] - ph.lower[uns],
+                     np.abs(b[uns]) + np.abs(ph.lower[uns]))
             start += k
         columns += total
         col_lower.append(np.zeros(total))
         col_upper.append(np.ones(total))
+    relu_rows = slice(relu_start, rows.count)
+    extra = np.concatenate(rows.extra)[relu_start:] if rows.extra else np.zeros(0)
     A, row_lower, row_upper, _ = rows.matrix(columns)
     W_last, b_last = last
     objective = np.zeros((len(b_last), columns))
@@ -221,27 +229,28 @@ def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Pr
                    binary_cols=binary_cols)
 
 
-def dual_bound(program: Program, duals: np.ndarray, rows=None):
+def dual_bound(program: Program, duals: np.ndarray, rows=None, columns=None):
     """The pieces of the rigorous bound for objectives ``rows`` (default all) from row multipliers
     ``duals`` (m, all rows) (HiGHS's sign convention: <= 0 on an active upper side when minimizing):
     returns ``(partial (m,), rho_x (m, d), magnitude (m,))`` with
-    bound = partial + min_{x in B} rho_x . x - rounding_slack(magnitude, ...). See the module docstring."""
+    bound = partial + min_{x in B} rho_x . x - rounding_slack(magnitude, ...). See the module docstring.
+    ``columns``: (col_lower, col_upper) to use instead of the program's (e.g. binaries fixed by a branch)."""
     rows = np.arange(len(program.offset)) if rows is None else np.asarray(rows)
     c, offset = program.objective[rows], program.offset[rows]
     R = program.relu_rows
-    A = program.A[R.start:R.stop]
-    lo, hi = program.row_lower[R], program.row_upper[R]
+    A, AT, absA, lo, hi = program.relu_block
     y = np.nan_to_num(np.asarray(duals, float)[:, R], nan=0.0, posinf=0.0, neginf=0.0)
     y = np.where(np.isinf(lo), np.minimum(y, 0.0), y)  # one-sided rows: only the sign that is valid
     y = np.where(np.isinf(hi), np.maximum(y, 0.0), y)
-    rho = c - (A.T @ y.T).T
+    rho = c - (AT @ y.T).T
     row_term = np.where(y > 0, y * np.where(np.isinf(lo), 0.0, lo), y * np.where(np.isinf(hi), 0.0, hi)).sum(1)
     d = program.d
-    vl, vu = program.col_lower[d:], program.col_upper[d:]
+    col_lower, col_upper = (program.col_lower, program.col_upper) if columns is None else columns
+    vl, vu = col_lower[d:], col_upper[d:]
     col_term = np.where(rho[:, d:] > 0, rho[:, d:] * vl, rho[:, d:] * vu).sum(1)
-    vmax = np.maximum(np.abs(program.col_lower), np.abs(program.col_upper))
+    vmax = np.maximum(np.abs(col_lower), np.abs(col_upper))
     side = np.where(y > 0, np.abs(np.where(np.isinf(lo), 0.0, lo)), np.abs(np.where(np.isinf(hi), 0.0, hi)))
-    magnitude = (np.abs(offset) + np.abs(y) @ (2 * (abs(A) @ vmax)) + (np.abs(y) * (side + program.row_extra)).sum(1)
+    magnitude = (np.abs(offset) + np.abs(y) @ (2 * (absA @ vmax)) + (np.abs(y) * (side + program.row_extra)).sum(1)
                  + np.abs(c) @ vmax)
     return offset + row_term + col_term, rho[:, :d], magnitude
 
