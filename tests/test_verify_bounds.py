@@ -187,10 +187,28 @@ def test_many_more_random_nets(seed):
     test_bounds_below_sampled_points_and_identities(seed)
 
 
-def test_crown_row_chunks_give_the_same_bounds(monkeypatch):
-    from robustopt.verify import crown
+@pytest.mark.parametrize("seed", [2, 5, 8])
+@pytest.mark.parametrize("method", ["ibp", "crown", "dual", "alpha-crown"])
+def test_row_chunks_give_the_same_bounds(seed, method):
+    model, x, y, k, norm, eps = random_instance(seed)
+    opts = {"steps": 3} if method == "alpha-crown" else {}
+    whole = margin_bounds(model, x, y, eps, norm, method=method, **opts)
+    chunked = margin_bounds(model, x, y, eps, norm, method=method, memory=64, **opts)  # one row per pass
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
 
-    model, x, y, k, norm, eps = random_instance(2)
-    whole = margin_bounds(model, x, y, eps, norm, method="crown")
-    monkeypatch.setattr(crown, "ROW_CHUNK_ENTRIES", 50)
-    torch.testing.assert_close(margin_bounds(model, x, y, eps, norm, method="crown"), whole, rtol=0, atol=1e-12)
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("method", ["crown", "dual"])
+def test_skipping_ibp_stable_neurons_is_sound_and_optional(seed, method):
+    """skip_stable=False bounds every neuron by a backward pass (the values before skipping existed); the
+    default takes a neuron's stability from one IBP step when that proves it: both are sound."""
+    model, x, y, k, norm, eps = random_instance(seed)
+    sampled = sampled_margins(model, x, y, eps, norm)
+    for skip in (True, False):
+        b, inter = margin_bounds(model, x, y, eps, norm, method=method, skip_stable=skip, return_intermediate=True)
+        assert (b <= sampled + 1e-9).all()
+    net = network(model, input_shape=x.shape[1:])
+    zs = [net.pre_activations(Ball(eps, norm).random(x)) for _ in range(10)]
+    for layer, (lo, hi) in enumerate(inter):
+        for z in zs:
+            assert (z[layer] >= lo - 1e-9).all() and (z[layer] <= hi + 1e-9).all()
