@@ -11,7 +11,8 @@ each is the elementwise best seen so far (all of them are sound, so their inters
 feeds the next step. The best output bound per row is kept, so the result is never looser than
 CROWN (step 0 *is* CROWN).
 
-With ``intermediate=`` the intermediate bounds are held fixed and only the output slopes move: then
+With ``intermediate=`` (and no ``splits=``) the intermediate bounds are held fixed and only the output
+slopes move (with splits, the layers after the first split one are optimized too): then
 the bound is at most the triangle LP with those bounds, and equals it at the optimum on
 one-hidden-layer networks.
 
@@ -35,7 +36,7 @@ import torch
 
 from .._validation import check_positive_int
 from . import crown
-from .backward import apply_split, both_signs, finish, unstable_index
+from .backward import apply_split, both_signs, finish, first_recomputed, unstable_index
 from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
 
 NORMS = ("inf", 2, 1)
@@ -140,11 +141,9 @@ def search_pass(net, x, ball, rows, slopes, beta_terms, base, splits, out):
         lo, hi = base[j]
         idx = rows.get(j)
         if idx is not None and idx.numel():
-            coef, bias = both_signs(net.affine[j], idx)
-            val = crown.propagate(net, coef, bias, j - 1, relaxations, [slopes[(j, i)] for i in range(j)], x, ball)
-            r = idx.numel()
-            lo = lo.index_copy(1, idx, torch.maximum(lo[:, idx], val[:, :r]))
-            hi = hi.index_copy(1, idx, torch.minimum(hi[:, idx], -val[:, r:]))
+            low, up = crown.bound_rows(net, j, idx, relaxations, [slopes[(j, i)] for i in range(j)], x, ball)
+            lo = lo.index_copy(1, idx, torch.maximum(lo[:, idx], low))
+            hi = hi.index_copy(1, idx, torch.minimum(hi[:, idx], up))
             lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[j])
             infeasible |= empty
         bounds.append((lo, hi))
@@ -167,7 +166,8 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
     base, _, rule, infeasible = crown.intermediate_bounds(net, x, ball, "adaptive", intermediate, splits, memory,
                                                                 skip_stable)
     L, top = len(base), len(net.affine) - 1
-    rows = {} if intermediate is not None else {j: unstable_index(*base[j]) for j in range(1, L)}
+    start = max(1, first_recomputed(intermediate, splits, L))  # layers bounded here (not given), as in CROWN
+    rows = {j: unstable_index(*base[j]) for j in range(start, L)}
     op, m = net.affine[top], net.affine[top].out_features
     everything = torch.arange(m, device=x.device)
     out = both_signs(op, everything) if compute_upper else (op.rows(everything), op.bias_rows(everything))
@@ -188,7 +188,8 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
                                                splits, sout)
             value_d = value.detach()
             if best is None:
-                best, best_params, best_betas = value_d, [p.detach().clone() for p in params], [b.detach().clone() for b in betas]
+                best = value_d
+                best_params, best_betas = [p.detach().clone() for p in params], [b.detach().clone() for b in betas]
             else:
                 better = value_d > best
                 row_better, example_better = better, value_d.sum(1) > best.sum(1)
@@ -201,14 +202,16 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
             if sdtype == net.dtype:
                 infeasible = infeasible | empty
             settled = stop_at is not None and bool(((best[:, :m].amin(1) > stop_at) | infeasible).all())
-            if step == steps or not (params or betas) or settled or (deadline is not None and time.perf_counter() > deadline):
+            late = deadline is not None and time.perf_counter() > deadline
+            if step == steps or not (params or betas) or settled or late:
                 break
             adam.ascend(torch.autograd.grad(value.sum(), params + betas, allow_unused=True))
             iterations += 1
     if sdtype != net.dtype:  # one sound pass in the requested dtype with the slopes found
         with torch.no_grad():
             final = dict(zip(keys, (p.to(net.dtype) for p in best_params)))
-            value, sbase, empty = search_pass(net, x, ball, rows, final, beta_terms([b.to(net.dtype) for b in best_betas]),
+            terms = beta_terms([b.to(net.dtype) for b in best_betas])
+            value, sbase, empty = search_pass(net, x, ball, rows, final, terms,
                                               base, splits, out)
             start, _, _ = search_pass(net, x, ball, rows, slopes, None, base, splits, out)
             best, infeasible = torch.maximum(value, start), infeasible | empty

@@ -4,11 +4,13 @@ the neurons that need a backward pass, and chunking under a memory budget.
 **Splits.** ``splits[k]`` is an int8 tensor (n, h_k) for ReLU layer k: +1 fixes the neuron active
 (:math:`z_{kj} \ge 0`), -1 inactive (:math:`z_{kj} \le 0`), 0 leaves it free. Row i of the batch is then
 the domain :math:`\{x' \in B(x_i) : \text{the split constraints hold}\}`. A method applies the splits
-by clamping the pre-activation bounds it computed on layer k (:math:`l \leftarrow \max(l, 0)` where +1,
+by clamping the pre-activation bounds it computed (or was given) on layer k (:math:`l \leftarrow \max(l, 0)` where +1,
 :math:`u \leftarrow \min(u, 0)` where -1) before it relaxes that layer and bounds the next ones, so
 every later bound is a bound over the domain. If some :math:`l > u` after the clamps, the domain is
 empty (**infeasible**): its output lower bounds are :math:`+\infty`, its upper bounds :math:`-\infty`,
-and ``Bounds.infeasible`` flags it.
+and ``Bounds.infeasible`` flags it. With ``intermediate=`` (a parent domain's bounds, say) the given
+bounds are used up to the first split layer; every later layer is bounded again from the clamped
+bounds and intersected with the given ones (:func:`first_recomputed`), so a split never loosens a bound.
 
 **Which neurons get a backward pass.** The bounds of layer k > 0 start from a *reference*: one
 interval step (IBP) from layer k-1's bounds. A neuron stable in the reference (:math:`l \ge 0` or
@@ -16,9 +18,9 @@ interval step (IBP) from layer k-1's bounds. A neuron stable in the reference (:
 reference for at least one example of the batch are bounded by backward passes, in chunks of rows,
 and each example takes the backward value exactly where its own reference is unstable (so a bound
 does not depend on the other examples of the batch). This is auto_LiRPA's sparse intermediate bounds
-(which, unlike this, uses the batch's union). Since the reference can prove a neuron stable where the
-backward pass would not, the bound can differ from bounding every neuron (option
-``skip_stable=False``: every neuron gets a pass, as before this module existed).
+(which, unlike this, uses the batch's union: ``skip_stable="batch"`` reproduces it). Since the reference
+can prove a neuron stable where the backward pass would not, the bound can differ from bounding every
+neuron (``skip_stable=False``: every neuron gets a pass, as before this module existed).
 
 **Memory.** ``memory`` (bytes, default :data:`DEFAULT_MEMORY`) caps one chunk's coefficient tensor
 (n, rows, width) at a quarter of it (the ReLU step makes temporaries of the same size).
@@ -80,6 +82,23 @@ def apply_split(lo, hi, split, given: bool = False):
     return lo, hi, (clamped | empty) if given else clamped
 
 
+def first_recomputed(intermediate, splits, layers: int) -> int:
+    """The first ReLU layer whose bounds a method computes: 0 without ``intermediate``; with it, the layer
+    after the first split one (the given bounds hold before it; after it, a bound computed from the
+    clamped ones, intersected with the given one, is tighter), or ``layers`` (none) without splits."""
+    if intermediate is None:
+        return 0
+    split_layers = [k for k, s in enumerate(splits or []) if s is not None and bool(s.any())]
+    return split_layers[0] + 1 if split_layers else layers
+
+
+def intersect(bounds, given):
+    """Elementwise tightest of two (lo, hi) pairs (``given`` may be None)."""
+    if given is None:
+        return bounds
+    return torch.maximum(bounds[0], given[0]), torch.minimum(bounds[1], given[1])
+
+
 def rows_per_chunk(n: int, width: int, itemsize: int, memory: int) -> int:
     """How many rows a coefficient tensor (n, rows, width) may have within a quarter of ``memory``."""
     return max(1, memory // (4 * max(1, n) * max(1, width) * itemsize))
@@ -90,13 +109,32 @@ def unstable_index(lo, hi):
     return ((lo < 0) & (hi > 0)).any(0).nonzero().flatten()
 
 
-def refine(reference, bound_rows, width: int, memory: int, skip_stable: bool = True):
+SKIP_MODES = (True, False, "batch")
+
+
+def check_skip_stable(value):
+    if not any(value is m or (isinstance(value, str) and value == m) for m in SKIP_MODES):
+        raise ValueError(f"skip_stable must be True, False or 'batch'; got {value!r}")
+    return value
+
+
+def refine(reference, bound_rows, width: int, memory: int, skip_stable=True):
     r"""Tighten the reference bounds (lo, hi) of one layer, each (n, h), by backward passes on the neurons
     unstable in the reference: ``bound_rows(idx)`` returns (lower, upper), each (n, r), for the neurons
-    ``idx`` (r of them); ``width`` is the widest layer the passes go through (for chunking). With
-    ``skip_stable=False`` every neuron gets a pass and keeps its value (the reference is not used)."""
+    ``idx`` (r of them); ``width`` is the widest layer the passes go through (for chunking).
+
+    ``skip_stable``: True, each example keeps the backward value where its own reference is unstable;
+    False, every neuron gets a pass and keeps its value (the reference is not used); ``"batch"``,
+    auto_LiRPA's rule: the neurons unstable for some example get a pass and keep its value for every
+    example, unless they are more than 90% of the layer, then every neuron does (a bound then depends on
+    the other examples of the batch)."""
     lo_ref, hi_ref = reference
-    unstable = (lo_ref < 0) & (hi_ref > 0) if skip_stable else torch.ones_like(lo_ref, dtype=torch.bool)
+    unstable = (lo_ref < 0) & (hi_ref > 0)
+    if skip_stable is not True:
+        union = unstable.any(0, keepdim=True)
+        if skip_stable is False or int(union.sum()) > 0.9 * union.shape[1]:
+            union = torch.ones_like(union)
+        unstable = union.expand_as(unstable)
     idx = unstable.any(0).nonzero().flatten()
     if idx.numel() == 0:
         return lo_ref, hi_ref

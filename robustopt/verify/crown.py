@@ -19,8 +19,8 @@ through the operator's ``transpose`` (``conv_transpose2d`` for a convolution): n
 Intermediate bounds are computed layer by layer, unless given: a bound on neuron j of layer k starts
 from row j of :math:`W_k` (``op.rows``: the transpose of a one-hot row) and runs the same backward
 pass. Only the neurons that one IBP step from the previous layer leaves unstable get a pass, chunked
-under the ``memory`` budget (:mod:`.backward`; ``skip_stable=False`` bounds every neuron); ``splits=`` clamps each layer's bounds before the next
-layer is bounded, and flags the domains it proves empty.
+under the ``memory`` budget (:mod:`.backward`; ``skip_stable=False`` bounds every neuron); ``splits=``
+clamps each layer's bounds before the next layer is bounded, and flags the domains it proves empty.
 """
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import check_choice
-from .backward import apply_split, both_signs, check_memory, finish, refine, rows_per_chunk
+from .backward import (apply_split, both_signs, check_memory, check_skip_stable, finish, first_recomputed,
+                       intersect, refine, rows_per_chunk)
+from . import patches
 from .ibp import first_layer_bounds, interval_forward
 from .methods import COMMON_OPTIONS, Bounds, minimize_linear
 
@@ -101,7 +103,10 @@ def path_width(net, k):
 
 
 def bound_rows(net, k, idx, relaxations, alphas, x, ball):
-    """CROWN bounds (lower, upper), each (n, r), on the neurons ``idx`` of z_k = affine[k](a_{k-1})."""
+    """CROWN bounds (lower, upper), each (n, r), on the neurons ``idx`` of z_k = affine[k](a_{k-1}) (on
+    windows when layer k is a convolution after convolutions: :mod:`.patches`, the same values)."""
+    if patches.applies(net, k, ball):
+        return patches.bound_rows(net, k, idx, relaxations, alphas, x, ball)
     coef, bias = both_signs(net.affine[k], idx)
     both = propagate(net, coef, bias, k - 1, relaxations, alphas, x, ball)
     return both[:, :idx.numel()], -both[:, idx.numel():]
@@ -120,18 +125,21 @@ def intermediate_bounds(net, x, ball, relaxation="adaptive", intermediate=None, 
     """Pre-activation bounds of every ReLU layer (computed with ``relaxation`` unless ``intermediate`` is
     given), clamped to ``splits``, with their relaxations, fixed-rule lower slopes and the (n,) mask of
     domains found infeasible."""
-    memory = check_memory(memory)
+    memory, skip_stable = check_memory(memory), check_skip_stable(skip_stable)
     bounds, relaxations, alphas = [], [], []
     infeasible = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    start = first_recomputed(intermediate, splits, len(net.relu_sizes))
     for k in range(len(net.relu_sizes)):
-        if intermediate is not None:
-            lo, hi = intermediate[k]
+        given = None if intermediate is None else intermediate[k]
+        if k < start:
+            lo, hi = given
         else:
-            lo, hi = reference_bounds(net, k, bounds[-1] if bounds else None, x, ball, memory)
+            lo, hi = intersect(reference_bounds(net, k, bounds[-1] if bounds else None, x, ball, memory), given)
             if k > 0:
                 lo, hi = refine((lo, hi), lambda idx: bound_rows(net, k, idx, relaxations, alphas, x, ball),
                                 path_width(net, k - 1), memory, skip_stable)
-        lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[k], intermediate is not None)
+                lo, hi = intersect((lo, hi), given)
+        lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[k], given is not None)
         infeasible |= empty
         bounds.append((lo, hi))
         relaxations.append(ReluRelaxation.from_bounds(lo, hi))

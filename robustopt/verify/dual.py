@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .backward import apply_split, check_memory, finish, refine, rows_per_chunk
+from .backward import (apply_split, check_memory, check_skip_stable, finish, first_recomputed, intersect, refine,
+                       rows_per_chunk)
 from .crown import path_width, reference_bounds
 from .methods import COMMON_OPTIONS, Bounds, minimize_linear
 
@@ -109,18 +110,22 @@ def _row_bounds(net, top, idx, layer_bounds, x, ball, both=True):
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, splits=None,
            memory=None, skip_stable=True) -> Bounds:
     """Dual-network bounds on the outputs of ``net``; the final DualNetwork is in ``info["dual_network"]``."""
-    memory = check_memory(memory)
+    memory, skip_stable = check_memory(memory), check_skip_stable(skip_stable)
     layer_bounds, infeasible = [], torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    start = first_recomputed(intermediate, splits, len(net.relu_sizes))
     for k in range(len(net.relu_sizes)):
-        if intermediate is not None:
-            lo, hi = intermediate[k]
+        given = None if intermediate is None else intermediate[k]
+        if k < start:
+            lo, hi = given
         else:
-            lo, hi = reference_bounds(net, k, layer_bounds[-1] if layer_bounds else None, x, ball, memory)
+            lo, hi = intersect(reference_bounds(net, k, layer_bounds[-1] if layer_bounds else None, x, ball, memory),
+                               given)
             if k > 0:
                 width = max(path_width(net, k), net.affine[k].out_features)
-                lo, hi = refine((lo, hi), lambda idx: _row_bounds(net, k, idx, layer_bounds, x, ball)[:2], width, memory,
-                                skip_stable)
-        lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[k], intermediate is not None)
+                lo, hi = refine((lo, hi), lambda idx: _row_bounds(net, k, idx, layer_bounds, x, ball)[:2], width,
+                                memory, skip_stable)
+                lo, hi = intersect((lo, hi), given)
+        lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[k], given is not None)
         infeasible |= empty
         layer_bounds.append((lo, hi))
     top, m = len(net.affine) - 1, net.out_features

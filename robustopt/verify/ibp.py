@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .backward import apply_split, check_memory, finish, rows_per_chunk
+from .backward import apply_split, check_memory, finish, first_recomputed, intersect, rows_per_chunk
 from .methods import COMMON_OPTIONS, Bounds, minimize_linear
 
 NORMS = ("inf", 2, 1)
@@ -46,14 +46,21 @@ def interval_forward(op, lower, upper):
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, splits=None,
            memory=None) -> Bounds:
     """IBP bounds on the outputs of ``net``; ``intermediate`` replaces the computed pre-activation bounds."""
-    lo, hi = first_layer_bounds(net.affine[0], x, ball, memory)
+    start = first_recomputed(intermediate, splits, len(net.relu_sizes))
     used, infeasible = [], torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    for k, op in enumerate(net.affine[1:]):
-        if intermediate is not None:
-            lo, hi = intermediate[k]
-        lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[k], intermediate is not None)
+    lo = hi = None
+    for k, op in enumerate(net.affine):
+        given = None if intermediate is None or k == len(net.affine) - 1 else intermediate[k]
+        if k < start and given is not None:
+            lo, hi = given
+        else:
+            lo, hi = first_layer_bounds(op, x, ball, memory) if k == 0 else \
+                interval_forward(op, torch.relu(lo), torch.relu(hi))
+            lo, hi = intersect((lo, hi), given)
+        if k == len(net.affine) - 1:
+            break
+        lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[k], given is not None)
         infeasible |= empty
         used.append((lo, hi))
-        lo, hi = interval_forward(op, torch.relu(lo), torch.relu(hi))
     lo, hi = finish(lo, hi if compute_upper else None, infeasible)
     return Bounds(lower=lo, upper=hi, intermediate=used if return_intermediate else None, infeasible=infeasible)
