@@ -3,8 +3,8 @@ r"""alpha-CROWN: CROWN with the ReLU lower slopes optimized (Xu et al., ICLR 202
 The lower line :math:`a \ge \alpha z` of every unstable neuron is sound for any :math:`\alpha \in [0, 1]`,
 so each choice of slopes gives a valid CROWN bound. The slopes are free parameters, one set per pair
 (bounded layer j, ReLU layer i < j): for the output rows, and for the lower and upper bounds of every
-neuron of an intermediate layer j that CROWN left unstable; each set has shape (n, R_j, h_i)
-(:class:`Slopes`). They start at CROWN's adaptive rule (or at ``alphas=``, the slopes of an earlier
+neuron of an intermediate layer j that CROWN left unstable; each set has shape (n, R_j, u_i), u_i the
+neurons of layer i that CROWN left unstable (:class:`Slopes`). They start at CROWN's adaptive rule (or at ``alphas=``, the slopes of an earlier
 call: a warm start) and move by projected Adam steps (clamped to [0, 1]) to maximize the sum of the
 output lower bounds; the intermediate bounds are recomputed from their own slopes at every step, and
 each is the elementwise best seen so far (all of them are sound, so their intersection is), which
@@ -29,6 +29,7 @@ the search, :mod:`.crown`). The search keeps its autograd graph, so it is not ch
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ import torch
 
 from .._validation import check_positive_int
 from . import crown
-from .backward import apply_split, both_signs, finish, first_recomputed, unstable_index
+from .backward import FeatureSlopes, apply_split, both_signs, finish, first_recomputed, unstable_index
 from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
 
 NORMS = ("inf", 2, 1)
@@ -52,18 +53,21 @@ class Slopes:
     ``rows[j]``: the neurons (long tensor, r_j) of ReLU layer j whose bounds are optimized (rows 0..r_j-1
     of ``values[(j, i)]`` for their lower bounds, r_j..2r_j-1 for their upper bounds); key ``j = L``
     (the number of ReLU layers) stands for the output rows, ``rows[L] = None``.
-    ``values[(j, i)]``: (n, R_j, h_i) slopes on ReLU layer i < j for the R_j rows of layer j.
+    ``features[i]``: the neurons (long tensor, u_i) of ReLU layer i that have slopes (those CROWN left
+    unstable in some domain; the others are stable and keep their exact line).
+    ``values[(j, i)]``: (n, R_j, u_i) slopes on those neurons of layer i < j for the R_j rows of layer j.
     ``betas``: beta-CROWN's split multipliers per ReLU layer ((n, R_L, h_i) or None), else None.
     """
 
     rows: dict
+    features: dict
     values: dict
     betas: list | None = None
 
     def select(self, idx) -> "Slopes":
         """The slopes of the domains ``idx`` (a batch index)."""
         betas = None if self.betas is None else [None if b is None else b[idx] for b in self.betas]
-        return Slopes(self.rows, {key: v[idx] for key, v in self.values.items()}, betas)
+        return Slopes(self.rows, self.features, {key: v[idx] for key, v in self.values.items()}, betas)
 
 
 class ProjectedAdam:
@@ -83,11 +87,11 @@ class ProjectedAdam:
         for p, g, m, v, (low, high) in zip(self.params, grads, self.m, self.v, self.limits):
             if g is None:  # a parameter the bound does not depend on
                 continue
-            g = torch.nan_to_num(g)
+            g = g.nan_to_num_()
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            step = (m / (1 - b1 ** self.t)) / ((v / (1 - b2 ** self.t)).sqrt() + self.eps)
-            p.add_(lr * step).clamp_(low, high)
+            denom = v.sqrt().div_(math.sqrt(1 - b2 ** self.t)).add_(self.eps)
+            p.addcdiv_(m, denom, value=lr / (1 - b1 ** self.t)).clamp_(low, high)
 
 
 def check_search_options(steps, lr, lr_decay, stop_at, time_limit, search_dtype):
@@ -100,11 +104,22 @@ def check_search_options(steps, lr, lr_decay, stop_at, time_limit, search_dtype)
     return steps, float(lr), float(lr_decay), check_stop_at(stop_at), check_time_limit(time_limit)
 
 
-def _initial_slopes(net, x, base, rule, rows, out_rows, alphas):
-    """Slopes (n, R_j, h_i) for every pair, from the rule slopes or the warm start ``alphas``."""
-    n, L = x.shape[0], len(base)
+def _positions(new, old, size, device):
+    """(where_new, where_old): positions in ``new`` and ``old`` (long index tensors over range(size)) of
+    their common elements."""
+    pos = torch.full((size,), -1, dtype=torch.long, device=device)
+    pos[old.to(device)] = torch.arange(old.numel(), device=device)
+    p = pos[new]
+    hit = p >= 0
+    return hit.nonzero().flatten(), p[hit]
+
+
+def _initial_slopes(net, x, rule, rows, features, out_rows, alphas):
+    """Slopes (n, R_j, u_i) for every pair, from the rule slopes or the warm start ``alphas``."""
+    n, L = x.shape[0], len(rule)
     counts = {j: 2 * idx.numel() for j, idx in rows.items()} | {L: out_rows}
-    values = {(j, i): rule[i].expand(n, R, -1).clone() for j, R in counts.items() if R for i in range(j)}
+    values = {(j, i): rule[i][..., features[i]].expand(n, R, -1).clone()
+              for j, R in counts.items() if R for i in range(j)}
     if alphas is None:
         return values
     if not isinstance(alphas, Slopes):
@@ -114,41 +129,45 @@ def _initial_slopes(net, x, base, rule, rows, out_rows, alphas):
         old = alphas.values.get((j, i))
         if old is None:
             continue
-        if old.shape[0] != n or old.shape[-1] != v.shape[-1]:
-            raise ValueError(f"alphas[{(j, i)}] has shape {tuple(old.shape)}; this call needs ({n}, ., {v.shape[-1]})")
-        old = old.to(v)
+        if old.shape[0] != n or i not in alphas.features:
+            raise ValueError(f"alphas[{(j, i)}] has shape {tuple(old.shape)}: it is for {old.shape[0]} domains; "
+                             f"this call has {n}")
+        f_new, f_old = _positions(features[i], alphas.features[i], net.relu_sizes[i], v.device)
         if j == L:
             r = min(old.shape[1], v.shape[1])
-            v[:, :r] = old[:, :r]
-            continue
-        pos = torch.full((net.relu_sizes[j],), -1, dtype=torch.long, device=v.device)
-        pos[alphas.rows[j].to(v.device)] = torch.arange(alphas.rows[j].numel(), device=v.device)
-        p = pos[rows[j]]
-        hit = p >= 0
-        new, prev = v.view(n, 2, -1, v.shape[-1]), old.view(n, 2, -1, old.shape[-1])
-        new[:, :, hit] = prev[:, :, p[hit]]
+            r_new = r_old = torch.arange(r, device=v.device)
+            dst, src = v.unsqueeze(1), old.to(v).unsqueeze(1)
+        else:
+            r_new, r_old = _positions(rows[j], alphas.rows[j], net.relu_sizes[j], v.device)
+            dst, src = v.view(n, 2, -1, v.shape[-1]), old.to(v).view(n, 2, -1, old.shape[-1])
+        dst[:, :, r_new.unsqueeze(1), f_new.unsqueeze(0)] = src[:, :, r_old.unsqueeze(1), f_old.unsqueeze(0)]
     return values
 
 
-def search_pass(net, x, ball, rows, slopes, beta_terms, base, splits, out):
+def search_pass(net, x, ball, rows, slopes, beta_terms, base, splits, out, features):
     """One alpha-CROWN pass: intermediate bounds of the layers in ``rows`` from their slopes (each the
     elementwise best of the new value and ``base``, then clamped to ``splits``), then the output rows
-    ``out`` = (coef, bias). Returns (value (n, R_L), bounds, infeasible (n,))."""
+    ``out`` = (coef, bias); ``slopes[(j, i)]`` hold the neurons ``features[i]``. Returns (value (n, R_L),
+    bounds, infeasible (n,))."""
     L = len(base)
+
+    def slope(j, i):
+        return FeatureSlopes(slopes[(j, i)], features[i], net.relu_sizes[i])
+
     relaxations, bounds = [], []
     infeasible = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for j in range(L):
         lo, hi = base[j]
         idx = rows.get(j)
         if idx is not None and idx.numel():
-            low, up = crown.bound_rows(net, j, idx, relaxations, [slopes[(j, i)] for i in range(j)], x, ball)
+            low, up = crown.bound_rows(net, j, idx, relaxations, [slope(j, i) for i in range(j)], x, ball)
             lo = lo.index_copy(1, idx, torch.maximum(lo[:, idx], low))
             hi = hi.index_copy(1, idx, torch.minimum(hi[:, idx], up))
             lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[j])
             infeasible |= empty
         bounds.append((lo, hi))
         relaxations.append(crown.ReluRelaxation.from_bounds(lo, hi))
-    value = crown.propagate(net, out[0], out[1], L - 1, relaxations, [slopes[(L, i)] for i in range(L)], x, ball,
+    value = crown.propagate(net, out[0], out[1], L - 1, relaxations, [slope(L, i) for i in range(L)], x, ball,
                             beta_terms)
     return value, bounds, infeasible
 
@@ -171,7 +190,8 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
     op, m = net.affine[top], net.affine[top].out_features
     everything = torch.arange(m, device=x.device)
     out = both_signs(op, everything) if compute_upper else (op.rows(everything), op.bias_rows(everything))
-    slopes = _initial_slopes(net, x, base, rule, rows, out[0].shape[1], alphas)
+    features = {i: unstable_index(*base[i]) for i in range(L)}
+    slopes = _initial_slopes(net, x, rule, rows, features, out[0].shape[1], alphas)
     sdtype = search_dtype or net.dtype
     snet, sx = net.cast(sdtype), x.to(sdtype)
     sbase = [(lo.to(sdtype), hi.to(sdtype)) for lo, hi in base]
@@ -185,7 +205,7 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
     with torch.enable_grad():
         for step in range(steps + 1):
             value, bounds, empty = search_pass(snet, sx, ball, rows, dict(zip(keys, params)), beta_terms(betas), sbase,
-                                               splits, sout)
+                                               splits, sout, features)
             value_d = value.detach()
             if best is None:
                 best = value_d
@@ -211,13 +231,12 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
         with torch.no_grad():
             final = dict(zip(keys, (p.to(net.dtype) for p in best_params)))
             terms = beta_terms([b.to(net.dtype) for b in best_betas])
-            value, sbase, empty = search_pass(net, x, ball, rows, final, terms,
-                                              base, splits, out)
-            start, _, _ = search_pass(net, x, ball, rows, slopes, None, base, splits, out)
+            value, sbase, empty = search_pass(net, x, ball, rows, final, terms, base, splits, out, features)
+            start, _, _ = search_pass(net, x, ball, rows, slopes, None, base, splits, out, features)
             best, infeasible = torch.maximum(value, start), infeasible | empty
     lower, upper = best[:, :m], (-best[:, m:] if compute_upper else None)
     lower, upper = finish(lower, upper, infeasible)
-    result = Slopes(rows, {key: p.to(net.dtype) for key, p in zip(keys, best_params)},
+    result = Slopes(rows, features, {key: p.to(net.dtype) for key, p in zip(keys, best_params)},
                     place([b.to(net.dtype) for b in best_betas]) if beta is not None else None)
     used = [(lo.to(net.dtype), hi.to(net.dtype)) for lo, hi in sbase]
     return Bounds(lower=lower, upper=upper, intermediate=used if return_intermediate else None, infeasible=infeasible,

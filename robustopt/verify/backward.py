@@ -27,10 +27,26 @@ neuron (``skip_stable=False``: every neuron gets a pass, as before this module e
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 DEFAULT_MEMORY = 4 << 30  # bytes for one backward pass's coefficient tensors: fits a 24 GiB GPU with room
 
+
+@dataclass
+class FeatureSlopes:
+    """Lower slopes stored for some neurons only: ``values`` (n, R, u) for the neurons ``features`` (u,)
+    of a layer of width ``width`` (the others are stable: their slope is never read)."""
+
+    values: torch.Tensor
+    features: torch.Tensor
+    width: int
+
+    def full(self):
+        """(n, R, width), zero outside the features."""
+        n, rows, _ = self.values.shape
+        return self.values.new_zeros(n, rows, self.width).index_copy(2, self.features, self.values)
 
 def check_memory(memory, name: str = "memory") -> int:
     """None (the default budget) or a number of bytes > 0, as int."""
@@ -39,7 +55,6 @@ def check_memory(memory, name: str = "memory") -> int:
     if isinstance(memory, bool) or not isinstance(memory, (int, float)) or not memory > 0:
         raise ValueError(f"{name} must be a number of bytes > 0 (or None for {DEFAULT_MEMORY}); got {memory!r}")
     return int(memory)
-
 
 def check_splits(net, splits, n: int, name: str = "splits"):
     """Validate ``splits`` for ``net`` and a batch of n domains: None, or a list with one entry per ReLU
@@ -66,7 +81,6 @@ def check_splits(net, splits, n: int, name: str = "splits"):
         out.append(s.to(dtype=torch.int8, device=net.device))
     return out if any(s is not None and bool(s.any()) for s in out) else None
 
-
 def apply_split(lo, hi, split, given: bool = False):
     """Clamp the bounds (n, h) of one layer to its split (or None): returns (lo, hi, empty) with ``empty``
     (n,) True where a clamped neuron's lower bound now exceeds its upper bound (the domain is infeasible).
@@ -81,7 +95,6 @@ def apply_split(lo, hi, split, given: bool = False):
     clamped = ((lo > hi) & (split != 0)).any(1)
     return lo, hi, (clamped | empty) if given else clamped
 
-
 def first_recomputed(intermediate, splits, layers: int) -> int:
     """The first ReLU layer whose bounds a method computes: 0 without ``intermediate``; with it, the layer
     after the first split one (the given bounds hold before it; after it, a bound computed from the
@@ -91,32 +104,26 @@ def first_recomputed(intermediate, splits, layers: int) -> int:
     split_layers = [k for k, s in enumerate(splits or []) if s is not None and bool(s.any())]
     return split_layers[0] + 1 if split_layers else layers
 
-
 def intersect(bounds, given):
     """Elementwise tightest of two (lo, hi) pairs (``given`` may be None)."""
     if given is None:
         return bounds
     return torch.maximum(bounds[0], given[0]), torch.minimum(bounds[1], given[1])
 
-
 def rows_per_chunk(n: int, width: int, itemsize: int, memory: int) -> int:
     """How many rows a coefficient tensor (n, rows, width) may have within a quarter of ``memory``."""
     return max(1, memory // (4 * max(1, n) * max(1, width) * itemsize))
-
 
 def unstable_index(lo, hi):
     """Long tensor of the neurons unstable (l < 0 < u) for at least one example; (n, h) bounds."""
     return ((lo < 0) & (hi > 0)).any(0).nonzero().flatten()
 
-
 SKIP_MODES = (True, False, "batch")
-
 
 def check_skip_stable(value):
     if not any(value is m or (isinstance(value, str) and value == m) for m in SKIP_MODES):
         raise ValueError(f"skip_stable must be True, False or 'batch'; got {value!r}")
     return value
-
 
 def refine(reference, bound_rows, width: int, memory: int, skip_stable=True):
     r"""Tighten the reference bounds (lo, hi) of one layer, each (n, h), by backward passes on the neurons
@@ -147,13 +154,11 @@ def refine(reference, bound_rows, width: int, memory: int, skip_stable=True):
         hi[:, chunk] = torch.where(keep, up, hi_ref[:, chunk])
     return lo, hi
 
-
 def both_signs(op, idx):
     """Rows ``idx`` of operator ``op`` and their negations as a linear form on its input: coefficients
     (1 or n, 2r, d_in) and biases (1 or n, 2r), lower-bound rows first."""
     rows, bias = op.rows(idx), op.bias_rows(idx)
     return torch.cat([rows, -rows], 1), torch.cat([bias, -bias], -1)
-
 
 def finish(lower, upper, infeasible):
     """Output bounds with the infeasible domains (n,) set to +inf (lower) and -inf (upper)."""

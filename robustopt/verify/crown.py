@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import check_choice
-from .backward import (apply_split, both_signs, check_memory, check_skip_stable, finish, first_recomputed,
-                       intersect, refine, rows_per_chunk)
+from .backward import (FeatureSlopes, apply_split, both_signs, check_memory, check_skip_stable, finish,
+                       first_recomputed, intersect, refine, rows_per_chunk)
 from . import patches
 from .ibp import first_layer_bounds, interval_forward
 from .methods import COMMON_OPTIONS, Bounds, minimize_linear
@@ -67,6 +67,8 @@ class ReluRelaxation:
         return (upper > -lower).to(lower.dtype).unsqueeze(1)  # adaptive; stable neurons are masked later
 
     def lower_slope(self, alpha):
+        if isinstance(alpha, FeatureSlopes):
+            alpha = alpha.full()
         return torch.where(self.unstable, alpha, self.active)
 
     def backward(self, coef, bias, alpha):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .backward import FeatureSlopes
 from .operators import Conv2d
 
 
@@ -52,6 +53,18 @@ def _gather(values, index):
     return torch.gather(ext, 2, index.unsqueeze(0).expand(ext.shape[0], -1, -1))
 
 
+def _lower_slopes(relax, alpha, index):
+    """The relaxation's lower slopes on each row's window, (n, R, len window); slopes kept for some neurons
+    only (:class:`~.crown.FeatureSlopes`) are gathered from their compact storage."""
+    if not isinstance(alpha, FeatureSlopes):
+        return _gather(relax.lower_slope(alpha), index)
+    where = torch.full((alpha.width + 1,), alpha.features.numel(), dtype=torch.long, device=index.device)
+    where[alpha.features] = torch.arange(alpha.features.numel(), device=index.device)
+    compact = _gather(alpha.values, where[index])  # the zero slot of `values` is its last column + 1
+    dtype = alpha.values.dtype
+    return torch.where(_gather(relax.unstable.to(dtype), index) > 0, compact, _gather(relax.active, index))
+
+
 def bound_rows(net, k, idx, relaxations, alphas, x, ball):
     """CROWN bounds (lower, upper), each (n, r), of the neurons ``idx`` of convolution k (see the module
     docstring); ``alphas[m]`` (n, 1 or 2r, h_m) as in :func:`.crown.propagate`."""
@@ -71,7 +84,7 @@ def bound_rows(net, k, idx, relaxations, alphas, x, ball):
         flat = coef.flatten(2)
         pos_part, neg_part = flat.clamp(min=0), flat.clamp(max=0)
         bias = bias + (neg_part * _gather(relax.upper_intercept, index)).sum(-1)
-        flat = pos_part * _gather(relax.lower_slope(alphas[m]), index) + neg_part * _gather(relax.upper_slope, index)
+        flat = pos_part * _lower_slopes(relax, alphas[m], index) + neg_part * _gather(relax.upper_slope, index)
         bias = bias + (flat * _gather(inner.bias.view(1, 1, -1), index)).sum(-1)
         n = flat.shape[0]
         windows = flat.reshape(n * flat.shape[1], inner.out_shape[0], *size)
