@@ -2,7 +2,6 @@
 with or without the box) and a set of ReLU split constraints, as a small MILP solved with
 ``scipy.optimize.milp`` (dense matrices, interval big-M). Only for tiny networks."""
 import numpy as np
-import torch
 from scipy.optimize import Bounds as VarBounds
 from scipy.optimize import LinearConstraint, milp
 from scipy.sparse import lil_array

@@ -172,3 +172,20 @@ def test_alpha_warm_start_and_float32_search():
     pts = torch.stack([ball.random(x) for _ in range(200)])
     values = torch.stack([net(p) for p in pts]).amin(0)
     assert (f32.lower <= values + 1e-9).all() and (first.lower <= values + 1e-9).all()
+
+
+def test_margin_bounds_takes_splits_across_batches():
+    from robustopt.verify import margin_bounds
+
+    model, x, y, k, norm, eps = random_instance(7, n=5)
+    net = network(model, input_shape=x.shape[1:])
+    inter = margin_bounds(model, x, y, eps, norm, method="crown", return_intermediate=True)[1]
+    gen = torch.Generator().manual_seed(0)
+    splits = [torch.where((lo < 0) & (hi > 0) & (torch.rand(lo.shape, generator=gen) < 0.5),
+                          torch.where(torch.rand(lo.shape, generator=gen) < 0.5, 1, -1), 0).to(torch.int8)
+              for lo, hi in inter]
+    assert len(splits) == len(net.relu_sizes)
+    for method in ("crown", "beta-crown"):
+        whole = margin_bounds(model, x, y, eps, norm, method=method, splits=splits)
+        parts = margin_bounds(model, x, y, eps, norm, method=method, splits=splits, batch_size=2)
+        torch.testing.assert_close(parts, whole, rtol=0, atol=1e-12)

@@ -8,7 +8,8 @@ neurons of layer i that CROWN left unstable (:class:`Slopes`). They start at CRO
 call: a warm start) and move by projected Adam steps (clamped to [0, 1]) to maximize the sum of the
 output lower bounds; the intermediate bounds are recomputed from their own slopes at every step, and
 each is the elementwise best seen so far (all of them are sound, so their intersection is), which
-feeds the next step. The best output bound per row is kept, so the result is never looser than
+feeds the next step (its gradient is the new value's, as in auto_LiRPA, so that slopes behind the best
+still move). The best output bound per row is kept, so the result is never looser than
 CROWN (step 0 *is* CROWN).
 
 With ``intermediate=`` (and no ``splits=``) the intermediate bounds are held fixed and only the output
@@ -161,8 +162,10 @@ def search_pass(net, x, ball, rows, slopes, beta_terms, base, splits, out, featu
         idx = rows.get(j)
         if idx is not None and idx.numel():
             low, up = crown.bound_rows(net, j, idx, relaxations, [slope(j, i) for i in range(j)], x, ball)
-            lo = lo.index_copy(1, idx, torch.maximum(lo[:, idx], low))
-            hi = hi.index_copy(1, idx, torch.minimum(hi[:, idx], up))
+            # the best of the new value and the base, with the new value's gradient (auto_LiRPA's straight-through
+            # rule: a slope whose bound is behind the best so far still moves)
+            lo = lo.index_copy(1, idx, low + (torch.maximum(lo[:, idx], low) - low).detach())
+            hi = hi.index_copy(1, idx, up + (torch.minimum(hi[:, idx], up) - up).detach())
             lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[j])
             infeasible |= empty
         bounds.append((lo, hi))
