@@ -232,8 +232,6 @@ def test_wide_conv_on_a_cifar_sized_input_forms_no_dense_matrix(monkeypatch):
     for method in ("ibp", "crown", "dual"):
         b = margin_bounds(model, x, y, 1 / 255, method=method)
         assert torch.isfinite(b).sum() == 9 and (b <= sampled + 1e-9).all(), method
-    b = margin_bounds(model, x, y, 0.05, 2, method="crown")
-    assert torch.isfinite(b).sum() == 9
 
 
 @pytest.mark.parametrize("pad,stride", [(0, 1), (1, 2), (2, 1)])

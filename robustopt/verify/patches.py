@@ -7,8 +7,8 @@ convolution m, starts at :math:`T_m(i) = i S_m + O_m` and has size :math:`h_m`, 
 convolution back maps :math:`(S, O, h) \mapsto (S s_m, O s_m - p_m, (h - 1) s_m + k_m)` (likewise for
 columns). CROWN's backward pass for such rows (:mod:`.crown`) is then carried on windows instead of
 whole layers: the ReLU relaxation's slopes and intercepts are gathered at the window's positions (zero
-outside the layer: padding is a constant 0, not a neuron), the convolution's transpose is a
-``conv_transpose2d`` of the window, and at the input the linear function is minimized over the box
+outside the layer: padding is a constant 0, not a neuron), the convolution's transpose maps each window
+to its preimage (one small window-to-window matrix, the same for every window), and at the input the linear function is minimized over the box
 gathered the same way. The values equal the whole-layer pass (:func:`~.crown.bound_rows`); the work per
 row is the window's size instead of the layer's.
 
@@ -65,6 +65,29 @@ def _lower_slopes(relax, alpha, index):
     return torch.where(_gather(relax.unstable.to(dtype), index) > 0, compact, _gather(relax.active, index))
 
 
+STENCIL_ENTRIES = 1 << 22  # largest window-to-window matrix formed (else conv_transpose2d on the windows)
+
+
+def _transpose_windows(op, flat, size):
+    """W^T of convolution ``op`` on windows: ``flat`` (n, R, C_out*h*w) -> ((n, R, C_in*h'*w'), (h', w')).
+    The map between a window and its preimage is the same for every window: a small matrix (the
+    convolution restricted to the window, built by ``conv_transpose2d`` of one-hot windows and cached on the
+    operator), so the step is one matrix product; above STENCIL_ENTRIES, ``conv_transpose2d`` of the windows."""
+    (kh, kw), (sy, sx) = op.weight.shape[-2:], op.stride
+    out = ((size[0] - 1) * sy + kh, (size[1] - 1) * sx + kw)
+    d_in, d_out = flat.shape[-1], op.weight.shape[1] * out[0] * out[1]
+    if d_in * d_out > STENCIL_ENTRIES:
+        n, rows = flat.shape[:2]
+        windows = F.conv_transpose2d(flat.reshape(n * rows, op.out_shape[0], *size), op.weight, None, op.stride)
+        return windows.reshape(n, rows, -1), out
+    cache = {} if op.weight.requires_grad else op.__dict__.setdefault("_stencils", {})  # no stale graphs
+    key = (size, op.weight.dtype, op.weight.device)
+    if key not in cache:
+        eye = torch.eye(d_in, dtype=op.weight.dtype, device=op.weight.device).view(d_in, op.out_shape[0], *size)
+        cache[key] = F.conv_transpose2d(eye, op.weight, None, op.stride).flatten(1)
+    return flat @ cache[key], out
+
+
 def bound_rows(net, k, idx, relaxations, alphas, x, ball):
     """CROWN bounds (lower, upper), each (n, r), of the neurons ``idx`` of convolution k (see the module
     docstring); ``alphas[m]`` (n, 1 or 2r, h_m) as in :func:`.crown.propagate`."""
@@ -81,21 +104,17 @@ def bound_rows(net, k, idx, relaxations, alphas, x, ball):
     for m in range(k - 1, -1, -1):
         relax, inner = relaxations[m], net.affine[m]
         index = _window_index(pos, start, size, inner.out_shape)
-        flat = coef.flatten(2)
+        flat = coef.flatten(2) if coef.dim() > 3 else coef
         pos_part, neg_part = flat.clamp(min=0), flat.clamp(max=0)
         bias = bias + (neg_part * _gather(relax.upper_intercept, index)).sum(-1)
         flat = pos_part * _lower_slopes(relax, alphas[m], index) + neg_part * _gather(relax.upper_slope, index)
         bias = bias + (flat * _gather(inner.bias.view(1, 1, -1), index)).sum(-1)
-        n = flat.shape[0]
-        windows = flat.reshape(n * flat.shape[1], inner.out_shape[0], *size)
-        windows = F.conv_transpose2d(windows, inner.weight, None, inner.stride)
-        coef = windows.view(n, -1, *windows.shape[1:])
+        coef, size = _transpose_windows(inner, flat, size)
         (s_y, s_x), (left, _, top, _) = inner.stride, inner.pad
         start = ((start[0][0] * s_y, start[0][1] * s_y - top), (start[1][0] * s_x, start[1][1] * s_x - left))
-        size = tuple(coef.shape[-2:])
     index = _window_index(pos, start, size, net.in_shape)
     lo, hi = ball.box(x)
     centre, radius = _gather(((hi + lo) / 2).unsqueeze(1), index), _gather(((hi - lo) / 2).unsqueeze(1), index)
-    flat = coef.flatten(2)
+    flat = coef.flatten(2) if coef.dim() > 3 else coef
     both = bias + (flat * centre).sum(-1) - (flat.abs() * radius).sum(-1)
     return both[:, :r], -both[:, r:]
