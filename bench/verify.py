@@ -1,6 +1,8 @@
-"""Benchmark of robustopt.verify: methods x eps on two trained MLPs, and IBP / CROWN against auto_LiRPA.
+"""Benchmark of robustopt.verify: methods x eps on two trained MLPs, IBP / CROWN against auto_LiRPA, and CROWN /
+alpha-CROWN on conv nets against auto_LiRPA.
 
     python bench/verify.py [--quick] [--threads 1] [--peer-python /work/peers/lirpa-venv/bin/python]
+                           [--sections table,lirpa,lp,milp,conv]
 
 Networks: a digits MLP 64-32-32-10 and a 784-256-256-10 MLP on MNIST (28x28; skipped with a message when the
 MNIST files are not found), both trained here with robustopt.models.fit. Sections:
@@ -11,7 +13,9 @@ MNIST files are not found), both trained here with robustopt.models.fit. Section
 2. auto_LiRPA: IBP and CROWN margin bounds on the same networks and inputs, max |difference| and time ratio
    (ours / theirs, best of ``--repeats``). auto_LiRPA runs in a separate interpreter that has it (``--peer-python``,
    default ``$AUTO_LIRPA_PYTHON``, then /work/peers/lirpa-venv/bin/python); the section says so when it is missing;
-3. LP (``lp`` vs ``lp-cvxpy``) and 4. MILP sections: see the functions marked SOLVER SECTIONS below.
+3. LP (``lp`` vs ``lp-cvxpy``) and 4. MILP sections: see the functions marked SOLVER SECTIONS below;
+5. conv: CROWN and alpha-CROWN on the OVAL21 CIFAR nets and cnn_small, time / peak memory / bound, ours against
+   auto_LiRPA in the same run (bench/verify_conv.py).
 """
 from __future__ import annotations
 
@@ -228,7 +232,15 @@ def main(argv=None):
     parser.add_argument("--time-limit", type=float, default=10.0, help="seconds per example for solver methods")
     parser.add_argument("--n-solver", type=int, default=None, help="examples for solver methods (default 20; quick 5)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--sections", default="table,lirpa,lp,milp,conv", help="comma-separated sections to run")
+    parser.add_argument("--n-conv", type=int, default=4, help="properties / images per conv net")
+    parser.add_argument("--steps", type=int, default=20, help="alpha-CROWN iterations (both sides) in the conv section")
+    parser.add_argument("--device", default="cpu", help="device of the conv section (cpu or cuda)")
     args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
+    unknown = sections - {"table", "lirpa", "lp", "milp", "conv"}
+    if unknown:
+        parser.error(f"unknown section(s) {sorted(unknown)}")
     args.n_digits, args.n_mnist, n_solver = (50, 20, 5) if args.quick else (200, 100, 20)
     args.n_solver = args.n_solver or n_solver
     args.mnist_epochs = 1 if args.quick else 3
@@ -236,16 +248,23 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float64 bounds")
     methods = available_methods(report=True)
     results = {}
-    for setup_fn in (digits_setup, mnist_setup):
+    for setup_fn in (digits_setup, mnist_setup) if sections - {"conv"} else ():
         setup = setup_fn(args)
         if setup is None:
             continue
         results[setup["name"]] = {
-            "table": method_table(setup, methods, args),
-            "auto_LiRPA": lirpa_section(setup, args),
-            "lp": lp_section(setup, args),
-            "milp": milp_section(setup, args) if setup_fn is digits_setup else None,
+            "table": method_table(setup, methods, args) if "table" in sections else None,
+            "auto_LiRPA": lirpa_section(setup, args) if "lirpa" in sections else None,
+            "lp": lp_section(setup, args) if "lp" in sections else None,
+            "milp": milp_section(setup, args) if setup_fn is digits_setup and "milp" in sections else None,
         }
+    if "conv" in sections:
+        from verify_conv import conv_section  # bench/ is on sys.path when run as a script
+
+        peer = _peer_python(args)
+        if peer is None:
+            print("\n[note] conv section: no auto_LiRPA interpreter, ours only (pass --peer-python)")
+        results["conv"] = conv_section(args, peer)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
 

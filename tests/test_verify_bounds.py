@@ -187,10 +187,74 @@ def test_many_more_random_nets(seed):
     test_bounds_below_sampled_points_and_identities(seed)
 
 
-def test_crown_row_chunks_give_the_same_bounds(monkeypatch):
-    from robustopt.verify import crown
+@pytest.mark.parametrize("seed", [2, 5, 8])
+@pytest.mark.parametrize("method", ["ibp", "crown", "dual", "alpha-crown"])
+def test_row_chunks_give_the_same_bounds(seed, method):
+    model, x, y, k, norm, eps = random_instance(seed)
+    opts = {"steps": 3} if method == "alpha-crown" else {}
+    whole = margin_bounds(model, x, y, eps, norm, method=method, **opts)
+    chunked = margin_bounds(model, x, y, eps, norm, method=method, memory=64, **opts)  # one row per pass
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
 
-    model, x, y, k, norm, eps = random_instance(2)
-    whole = margin_bounds(model, x, y, eps, norm, method="crown")
-    monkeypatch.setattr(crown, "ROW_CHUNK_ENTRIES", 50)
-    torch.testing.assert_close(margin_bounds(model, x, y, eps, norm, method="crown"), whole, rtol=0, atol=1e-12)
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("method", ["crown", "dual"])
+def test_skipping_ibp_stable_neurons_is_sound_and_optional(seed, method):
+    """skip_stable=False bounds every neuron by a backward pass (the values before skipping existed); the
+    default takes a neuron's stability from one IBP step when that proves it: both are sound."""
+    model, x, y, k, norm, eps = random_instance(seed)
+    sampled = sampled_margins(model, x, y, eps, norm)
+    for skip in (True, False):
+        b, inter = margin_bounds(model, x, y, eps, norm, method=method, skip_stable=skip, return_intermediate=True)
+        assert (b <= sampled + 1e-9).all()
+    net = network(model, input_shape=x.shape[1:])
+    zs = [net.pre_activations(Ball(eps, norm).random(x)) for _ in range(10)]
+    for layer, (lo, hi) in enumerate(inter):
+        for z in zs:
+            assert (z[layer] >= lo - 1e-9).all() and (z[layer] <= hi + 1e-9).all()
+
+
+def test_wide_conv_on_a_cifar_sized_input_forms_no_dense_matrix(monkeypatch):
+    """3x32x32 input, a 3x3 32-channel stride-1 conv first (32768 ReLUs): every closed-form method runs
+    through the operators; dense() would need a 32768 x 3072 matrix and is made to fail here."""
+    from robustopt.verify import operators
+
+    def refuse(self):
+        raise AssertionError("a bound method formed a dense matrix")
+
+    monkeypatch.setattr(operators.AffineOp, "dense", refuse)
+    monkeypatch.setattr(operators.Linear, "dense", refuse)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 4, 4, stride=4), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(256, 10)).double().eval()
+    x, y = torch.rand(1, 3, 32, 32, dtype=torch.float64), torch.tensor([3])
+    sampled = sampled_margins(model, x, y, 1 / 255, "inf", samples=8)
+    for method in ("ibp", "crown", "dual"):
+        b = margin_bounds(model, x, y, 1 / 255, method=method)
+        assert torch.isfinite(b).sum() == 9 and (b <= sampled + 1e-9).all(), method
+
+
+@pytest.mark.parametrize("pad,stride", [(0, 1), (1, 2), (2, 1)])
+def test_window_pass_equals_the_whole_layer_pass(monkeypatch, pad, stride):
+    """Rows of a convolution after convolutions are bounded on windows (verify.patches): same values as the
+    whole-layer backward pass, for CROWN's intermediate bounds and alpha-CROWN's (whose searches may then
+    part at a tie, so the per-row slopes are compared at their start)."""
+    from robustopt.verify import patches
+
+    torch.manual_seed(pad * 7 + stride)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=pad, stride=stride), nn.ReLU(), nn.Conv2d(3, 4, 2, padding=1),
+                          nn.ReLU(), nn.Conv2d(4, 2, 3, stride=2, padding=pad), nn.ReLU(), nn.Flatten())
+    flat = model(torch.zeros(1, 2, 7, 7)).shape[1]
+    model = nn.Sequential(*model, nn.Linear(flat, 3)).double().eval()
+    x, y = torch.rand(4, 2, 7, 7, dtype=torch.float64), torch.randint(0, 3, (4,))
+    got = {}
+    for windows in (True, False):
+        if not windows:
+            monkeypatch.setattr(patches, "applies", lambda *args: False)
+        got[windows] = [margin_bounds(model, x, y, 0.1, method=m, return_intermediate=True, **o)
+                        for m, o in (("crown", {}), ("alpha-crown", {"steps": 0}))]  # 0: per-row slopes, no search
+    for (b1, i1), (b2, i2) in zip(got[True], got[False]):
+        torch.testing.assert_close(b1, b2, rtol=0, atol=1e-10)
+        for (l1, u1), (l2, u2) in zip(i1, i2):
+            torch.testing.assert_close(l1, l2, rtol=0, atol=1e-10)
+            torch.testing.assert_close(u1, u2, rtol=0, atol=1e-10)

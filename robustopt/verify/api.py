@@ -73,6 +73,11 @@ class Problem:
         options = dict(options)
         if options.get("intermediate") is not None:
             options["intermediate"] = [(lo[idx], hi[idx]) for lo, hi in options["intermediate"]]
+        if isinstance(options.get("splits"), (list, tuple)):
+            options["splits"] = [None if s is None else torch.as_tensor(s)[idx.to(torch.as_tensor(s).device)]
+                                 for s in options["splits"]]
+        if hasattr(options.get("alphas"), "select"):
+            options["alphas"] = options["alphas"].select(idx)
         return run_method(method, self.net.with_spec(spec), self.x[idx], self.ball(idx),
                           compute_upper=compute_upper, **options)
 

@@ -13,8 +13,14 @@ an unstable one (:math:`l < 0 < u`) has the chord above, :math:`a \le s (z - l)`
 To bound :math:`\Lambda z_K` from below, go backwards: a coefficient :math:`\lambda` on :math:`a_k`
 becomes :math:`\lambda^+ \alpha + \lambda^- s` on :math:`z_k` (plus :math:`\lambda^- \cdot (-s l)`), then
 :math:`W_k^\top` on :math:`a_{k-1}` (plus :math:`\lambda \cdot b_k`), down to the input, where the linear
-function is minimized exactly over ball ∩ box (:func:`~.methods.minimize_linear`). Intermediate
-bounds are computed the same way, layer by layer (rows :math:`\pm I`), unless given.
+function is minimized exactly over ball ∩ box (:func:`~.methods.minimize_linear`). Every step goes
+through the operator's ``transpose`` (``conv_transpose2d`` for a convolution): no dense matrix is formed.
+
+Intermediate bounds are computed layer by layer, unless given: a bound on neuron j of layer k starts
+from row j of :math:`W_k` (``op.rows``: the transpose of a one-hot row) and runs the same backward
+pass. Only the neurons that one IBP step from the previous layer leaves unstable get a pass, chunked
+under the ``memory`` budget (:mod:`.backward`; ``skip_stable=False`` bounds every neuron); ``splits=``
+clamps each layer's bounds before the next layer is bounded, and flags the domains it proves empty.
 """
 from __future__ import annotations
 
@@ -23,14 +29,16 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import check_choice
-from .ibp import first_layer_bounds
+from .backward import (FeatureSlopes, apply_split, both_signs, check_memory, check_skip_stable, finish,
+                       first_recomputed, intersect, refine, rows_per_chunk)
+from . import patches
+from .ibp import first_layer_bounds, interval_forward
 from .methods import COMMON_OPTIONS, Bounds, minimize_linear
 
 NORMS = ("inf", 2, 1)
-OPTIONS = COMMON_OPTIONS | {"relaxation"}
+OPTIONS = COMMON_OPTIONS | {"relaxation", "splits", "memory", "skip_stable"}
 SOLVER = False
 RELAXATIONS = ("adaptive", "same-slope", "optimized")
-ROW_CHUNK_ENTRIES = 1 << 25  # entries of one (n, rows, width) coefficient tensor (256 MiB in float64)
 
 
 @dataclass
@@ -59,6 +67,8 @@ class ReluRelaxation:
         return (upper > -lower).to(lower.dtype).unsqueeze(1)  # adaptive; stable neurons are masked later
 
     def lower_slope(self, alpha):
+        if isinstance(alpha, FeatureSlopes):
+            alpha = alpha.full()
         return torch.where(self.unstable, alpha, self.active)
 
     def backward(self, coef, bias, alpha):
@@ -73,64 +83,99 @@ def _bias_term(coef, bias_vector):
     return (coef @ bias_vector.unsqueeze(-1)).squeeze(-1)
 
 
-def output_rows(op, both_signs=False):
-    """(rows, bias) of an operator as a linear form on its input: rows (1, h, d) shared or (n, h, d), bias
-    (1, h) or (n, h); with ``both_signs``, the negated rows appended (2h rows: lower and upper bounds)."""
-    rows = op.weight if op.batched else op.dense().unsqueeze(0)
-    bias = op.bias.unsqueeze(0) if op.bias.dim() == 1 else op.bias
-    if both_signs:
-        rows, bias = torch.cat([rows, -rows], 1), torch.cat([bias, -bias], -1)
-    return rows, bias
-
-
-def propagate(net, coef, bias, depth, relaxations, alphas, x, ball):
+def propagate(net, coef, bias, depth, relaxations, alphas, x, ball, betas=None):
     """Lower bound of ``coef . a_depth + bias`` over the ball, with a_depth the output of ReLU layer
     ``depth`` (depth = -1: the input itself). ``coef`` (n or 1, r, h), ``bias`` (n or 1, r);
-    ``relaxations[k]`` / ``alphas[k]`` for each ReLU layer k <= depth. Returns (n, r)."""
+    ``relaxations[k]`` / ``alphas[k]`` for each ReLU layer k <= depth. ``betas``: None, or per ReLU layer
+    None or a term (n, r, h_k) added to the coefficient on z_k (beta-CROWN's split multipliers, already
+    signed). Returns (n, r)."""
     for k in range(depth, -1, -1):
         coef, bias = relaxations[k].backward(coef, bias, alphas[k])
+        if betas is not None and betas[k] is not None:
+            coef = coef + betas[k]
         op = net.affine[k]
         bias = bias + _bias_term(coef, op.bias)
         coef = op.transpose(coef)
     return bias + minimize_linear(coef, x, ball)
 
 
-def bound_affine(net, k, relaxations, alphas, x, ball, upper=True):
-    """Bounds (lower, upper or None) on z_k = affine[k](a_{k-1}), each (n, h_k)."""
-    rows, bias = output_rows(net.affine[k], upper)
-    # rows are independent: bound them in chunks so that one coefficient tensor stays below ROW_CHUNK_ENTRIES
-    width = max(op.in_features for op in net.affine[:k + 1])
-    step = max(1, ROW_CHUNK_ENTRIES // (x.shape[0] * width))
-    both = torch.cat([propagate(net, rows[:, i:i + step], bias[:, i:i + step], k - 1, relaxations, alphas, x, ball)
-                      for i in range(0, rows.shape[1], step)], 1)
-    h = net.affine[k].out_features
-    return (both[:, :h], -both[:, h:]) if upper else (both, None)
+def path_width(net, k):
+    """The widest coefficient a backward pass from layer k carries (for chunking)."""
+    return max(op.in_features for op in net.affine[:k + 1])
 
 
-def intermediate_bounds(net, x, ball, relaxation="adaptive", intermediate=None):
-    """Pre-activation bounds of every ReLU layer (computed with ``relaxation`` unless ``intermediate``
-    is given), with their relaxations and fixed-rule lower slopes."""
+def bound_rows(net, k, idx, relaxations, alphas, x, ball):
+    """CROWN bounds (lower, upper), each (n, r), on the neurons ``idx`` of z_k = affine[k](a_{k-1}) (on
+    windows when layer k is a convolution after convolutions: :mod:`.patches`, the same values)."""
+    if patches.applies(net, k, ball):
+        return patches.bound_rows(net, k, idx, relaxations, alphas, x, ball)
+    coef, bias = both_signs(net.affine[k], idx)
+    both = propagate(net, coef, bias, k - 1, relaxations, alphas, x, ball)
+    return both[:, :idx.numel()], -both[:, idx.numel():]
+
+
+def reference_bounds(net, k, previous, x, ball, memory=None):
+    """The bounds of ReLU layer k before any backward pass: exact for k = 0, else one IBP step from the
+    bounds ``previous`` = (l, u) of layer k-1."""
+    if k == 0:
+        return first_layer_bounds(net.affine[0], x, ball, memory)
+    return interval_forward(net.affine[k], torch.relu(previous[0]), torch.relu(previous[1]))
+
+
+def intermediate_bounds(net, x, ball, relaxation="adaptive", intermediate=None, splits=None, memory=None,
+                        skip_stable=True):
+    """Pre-activation bounds of every ReLU layer (computed with ``relaxation`` unless ``intermediate`` is
+    given), clamped to ``splits``, with their relaxations, fixed-rule lower slopes and the (n,) mask of
+    domains found infeasible."""
+    memory, skip_stable = check_memory(memory), check_skip_stable(skip_stable)
     bounds, relaxations, alphas = [], [], []
+    infeasible = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    start = first_recomputed(intermediate, splits, len(net.relu_sizes))
     for k in range(len(net.relu_sizes)):
-        if intermediate is not None:
-            lo, hi = intermediate[k]
-        elif k == 0:
-            lo, hi = first_layer_bounds(net.affine[0], x, ball)
+        given = None if intermediate is None else intermediate[k]
+        if k < start:
+            lo, hi = given
         else:
-            lo, hi = bound_affine(net, k, relaxations, alphas, x, ball)
+            lo, hi = intersect(reference_bounds(net, k, bounds[-1] if bounds else None, x, ball, memory), given)
+            if k > 0:
+                lo, hi = refine((lo, hi), lambda idx: bound_rows(net, k, idx, relaxations, alphas, x, ball),
+                                path_width(net, k - 1), memory, skip_stable)
+                lo, hi = intersect((lo, hi), given)
+        lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[k], given is not None)
+        infeasible |= empty
         bounds.append((lo, hi))
         relaxations.append(ReluRelaxation.from_bounds(lo, hi))
         alphas.append(relaxations[-1].rule_slope(relaxation, lo, hi))
-    return bounds, relaxations, alphas
+    return bounds, relaxations, alphas, infeasible
 
 
-def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, relaxation="adaptive") -> Bounds:
+def output_bounds(net, relaxations, alphas, x, ball, compute_upper=True, memory=None):
+    """CROWN bounds (lower, upper or None) on every output of ``net``, each (n, m), in chunks of rows."""
+    top = len(net.affine) - 1
+    op, n = net.affine[top], x.shape[0]
+    step = max(1, rows_per_chunk(n, path_width(net, top), x.element_size(), check_memory(memory)) // 2)
+    lowers, uppers = [], []
+    for idx in torch.arange(op.out_features, device=x.device).split(step):
+        if compute_upper:
+            low, up = bound_rows(net, top, idx, relaxations, alphas, x, ball)
+            uppers.append(up)
+        else:
+            low = propagate(net, op.rows(idx), op.bias_rows(idx), top - 1, relaxations, alphas, x, ball)
+        lowers.append(low)
+    return torch.cat(lowers, 1), torch.cat(uppers, 1) if compute_upper else None
+
+
+def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, relaxation="adaptive",
+           splits=None, memory=None, skip_stable=True) -> Bounds:
     """CROWN bounds on the outputs of ``net`` with the given ReLU ``relaxation``."""
     check_choice(relaxation, RELAXATIONS, "relaxation")
     if relaxation == "optimized":
         from . import alpha_crown
         return alpha_crown.bounds(net, x, ball, compute_upper=compute_upper, intermediate=intermediate,
-                                  return_intermediate=return_intermediate)
-    used, relaxations, alphas = intermediate_bounds(net, x, ball, relaxation, intermediate)
-    lower, upper_bound = bound_affine(net, len(net.affine) - 1, relaxations, alphas, x, ball, compute_upper)
-    return Bounds(lower=lower, upper=upper_bound, intermediate=used if return_intermediate else None)
+                                  return_intermediate=return_intermediate, splits=splits, memory=memory,
+                                  skip_stable=skip_stable)
+    used, relaxations, alphas, infeasible = intermediate_bounds(net, x, ball, relaxation, intermediate, splits, memory,
+                                                                skip_stable)
+    lower, upper = output_bounds(net, relaxations, alphas, x, ball, compute_upper, memory)
+    lower, upper = finish(lower, upper, infeasible)
+    return Bounds(lower=lower, upper=upper, intermediate=used if return_intermediate else None, infeasible=infeasible)

@@ -15,7 +15,9 @@ The maximum over ball ∩ box is the exact support function (l_inf, l_2, l_1).
 The variables are kept (:class:`DualNetwork`, in ``Bounds.info["dual_network"]``):
 :meth:`DualNetwork.objective` re-computes the bound from them alone and :meth:`DualNetwork.residual`
 measures how far they are from satisfying the dual network's equations. Intermediate bounds are
-computed by the same dual network, one layer at a time (rows :math:`c = \pm I`).
+computed by the same dual network, one layer at a time (rows :math:`c = \pm e_j`, through the operators'
+transposes), for the neurons one IBP step leaves unstable, in chunks under ``memory``; ``splits=``
+clamps each layer's bounds (:mod:`.backward`), as in CROWN.
 """
 from __future__ import annotations
 
@@ -23,11 +25,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .ibp import first_layer_bounds
+from .backward import (apply_split, check_memory, check_skip_stable, finish, first_recomputed, intersect, refine,
+                       rows_per_chunk)
+from .crown import path_width, reference_bounds
 from .methods import COMMON_OPTIONS, Bounds, minimize_linear
 
 NORMS = ("inf", 2, 1)
-OPTIONS = COMMON_OPTIONS
+OPTIONS = COMMON_OPTIONS | {"splits", "memory", "skip_stable"}
 SOLVER = False
 
 
@@ -87,27 +91,51 @@ class DualNetwork:
         return float(worst)
 
 
-def _plus_minus_identity(h, like):
-    eye = torch.eye(h, dtype=like.dtype, device=like.device)
-    return torch.cat([eye, -eye], 0).unsqueeze(0)
+def _one_hot_rows(idx, h, like, both=True):
+    """c (1, r or 2r, h): rows e_j for j in idx (and -e_j after them when ``both``)."""
+    eye = torch.zeros(1, idx.numel(), h, dtype=like.dtype, device=like.device)
+    eye[0, torch.arange(idx.numel(), device=like.device), idx] = 1.0
+    return torch.cat([eye, -eye], 1) if both else eye
 
 
-def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False) -> Bounds:
-    """Dual-network bounds on the outputs of ``net``; the final DualNetwork is in ``info["dual_network"]``."""
-    layer_bounds = []
-    for k in range(len(net.relu_sizes)):
-        if intermediate is not None:
-            layer_bounds.append(intermediate[k])
-        elif k == 0:
-            layer_bounds.append(first_layer_bounds(net.affine[0], x, ball))
-        else:
-            h = net.affine[k].out_features
-            both = DualNetwork.build(net, _plus_minus_identity(h, x), k, layer_bounds).objective(net, x, ball)
-            layer_bounds.append((both[:, :h], -both[:, h:]))
-    top = len(net.affine) - 1
-    m = net.out_features
-    c = _plus_minus_identity(m, x) if compute_upper else torch.eye(m, dtype=x.dtype, device=x.device).unsqueeze(0)
+def _row_bounds(net, top, idx, layer_bounds, x, ball, both=True):
+    """(lower, upper or None) of the rows ``idx`` of z_top from the dual network, each (n, r), and the
+    :class:`DualNetwork` (rows c = e_j, then -e_j when ``both``)."""
+    c = _one_hot_rows(idx, net.affine[top].out_features, x, both)
     dual = DualNetwork.build(net, c, top, layer_bounds)
-    J = dual.objective(net, x, ball)
-    return Bounds(lower=J[:, :m], upper=-J[:, m:] if compute_upper else None,
-                  intermediate=layer_bounds if return_intermediate else None, info={"dual_network": dual})
+    J, r = dual.objective(net, x, ball), idx.numel()
+    return (J[:, :r], -J[:, r:] if both else None, dual)
+
+
+def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, splits=None,
+           memory=None, skip_stable=True) -> Bounds:
+    """Dual-network bounds on the outputs of ``net``; the final DualNetwork is in ``info["dual_network"]``."""
+    memory, skip_stable = check_memory(memory), check_skip_stable(skip_stable)
+    layer_bounds, infeasible = [], torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    start = first_recomputed(intermediate, splits, len(net.relu_sizes))
+    for k in range(len(net.relu_sizes)):
+        given = None if intermediate is None else intermediate[k]
+        if k < start:
+            lo, hi = given
+        else:
+            lo, hi = intersect(reference_bounds(net, k, layer_bounds[-1] if layer_bounds else None, x, ball, memory),
+                               given)
+            if k > 0:
+                width = max(path_width(net, k), net.affine[k].out_features)
+                lo, hi = refine((lo, hi), lambda idx: _row_bounds(net, k, idx, layer_bounds, x, ball)[:2], width,
+                                memory, skip_stable)
+                lo, hi = intersect((lo, hi), given)
+        lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[k], given is not None)
+        infeasible |= empty
+        layer_bounds.append((lo, hi))
+    top, m = len(net.affine) - 1, net.out_features
+    width = max(path_width(net, top), m)
+    step = max(1, rows_per_chunk(x.shape[0], width, x.element_size(), memory) // 2)
+    parts = [_row_bounds(net, top, idx, layer_bounds, x, ball, compute_upper)
+             for idx in torch.arange(m, device=x.device).split(step)]
+    lower = torch.cat([p[0] for p in parts], 1)
+    upper = torch.cat([p[1] for p in parts], 1) if compute_upper else None
+    lower, upper = finish(lower, upper, infeasible)
+    dual = parts[0][2] if len(parts) == 1 else None  # the variables, when one pass bounded every row
+    return Bounds(lower=lower, upper=upper, intermediate=layer_bounds if return_intermediate else None,
+                  info={"dual_network": dual}, infeasible=infeasible)

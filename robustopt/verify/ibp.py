@@ -2,33 +2,39 @@ r"""Interval bound propagation (IBP).
 
 Pre-activation bounds are pushed forward one layer at a time: with post-activation interval
 :math:`[\underline a, \overline a]` (centre c, radius r), the next pre-activation lies in
-:math:`W c + b \pm |W| r`, and :math:`[\sigma(l), \sigma(u)]` bounds the ReLU. The first layer is
-bounded exactly over ball ∩ box (for l_inf that is the interval of ``ball.box(x)``; for l_2 / l_1 the
-support function of the set). The specification is already folded into the last layer, so margins are
-bounded through :math:`|C W|` rather than by differencing logit intervals.
+:math:`W c + b \pm |W| r`, and :math:`[\sigma(l), \sigma(u)]` bounds the ReLU. Both products go through
+the operator (``forward`` / ``abs_forward``: a convolution stays a convolution), never a dense matrix.
+The first layer is bounded exactly over ball ∩ box (for l_inf that is the interval of ``ball.box(x)``;
+for l_2 / l_1 the support function of the set, row by row in chunks). The specification is already
+folded into the last layer, so margins are bounded through :math:`|C W|` rather than by differencing
+logit intervals. ``splits=`` clamps each layer's bounds (:mod:`.backward`).
 """
 from __future__ import annotations
 
 import torch
 
+from .backward import apply_split, check_memory, finish, first_recomputed, intersect, rows_per_chunk
 from .methods import COMMON_OPTIONS, Bounds, minimize_linear
 
 NORMS = ("inf", 2, 1)
-OPTIONS = COMMON_OPTIONS
+OPTIONS = COMMON_OPTIONS | {"splits", "memory"}
 SOLVER = False
 
 
-def first_layer_bounds(op, x, ball):
+def first_layer_bounds(op, x, ball, memory=None):
     """Exact bounds (l, u) on op(x') over the ball, each (n, d_out)."""
     if ball.norm == "inf":
         lo, hi = ball.box(x)
-        centre, radius = op.forward((hi + lo) / 2), op.abs_forward((hi - lo) / 2)
-        return centre - radius, centre + radius
-    rows = op.dense() if not op.batched else op.weight
-    rows = rows.unsqueeze(0) if rows.dim() == 2 else rows
-    both = minimize_linear(torch.cat([rows, -rows], 1), x, ball)
-    h = op.out_features
-    return both[:, :h] + op.bias, -both[:, h:] + op.bias
+        return interval_forward(op, lo, hi)
+    h, n = op.out_features, x.shape[0]
+    step = max(1, rows_per_chunk(n, op.in_features, x.element_size(), check_memory(memory)) // 2)
+    lows, ups = [], []
+    for idx in torch.arange(h, device=x.device).split(step):
+        rows, bias = op.rows(idx), op.bias_rows(idx)
+        both = minimize_linear(torch.cat([rows, -rows], 1), x, ball)
+        lows.append(both[:, :idx.numel()] + bias)
+        ups.append(-both[:, idx.numel():] + bias)
+    return torch.cat(lows, 1), torch.cat(ups, 1)
 
 
 def interval_forward(op, lower, upper):
@@ -37,13 +43,24 @@ def interval_forward(op, lower, upper):
     return centre - radius, centre + radius
 
 
-def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False) -> Bounds:
+def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, splits=None,
+           memory=None) -> Bounds:
     """IBP bounds on the outputs of ``net``; ``intermediate`` replaces the computed pre-activation bounds."""
-    lo, hi = first_layer_bounds(net.affine[0], x, ball)
-    used = []
-    for k, op in enumerate(net.affine[1:]):
-        if intermediate is not None:
-            lo, hi = intermediate[k]
+    start = first_recomputed(intermediate, splits, len(net.relu_sizes))
+    used, infeasible = [], torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    lo = hi = None
+    for k, op in enumerate(net.affine):
+        given = None if intermediate is None or k == len(net.affine) - 1 else intermediate[k]
+        if k < start and given is not None:
+            lo, hi = given
+        else:
+            lo, hi = first_layer_bounds(op, x, ball, memory) if k == 0 else \
+                interval_forward(op, torch.relu(lo), torch.relu(hi))
+            lo, hi = intersect((lo, hi), given)
+        if k == len(net.affine) - 1:
+            break
+        lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[k], given is not None)
+        infeasible |= empty
         used.append((lo, hi))
-        lo, hi = interval_forward(op, torch.relu(lo), torch.relu(hi))
-    return Bounds(lower=lo, upper=hi if compute_upper else None, intermediate=used if return_intermediate else None)
+    lo, hi = finish(lo, hi if compute_upper else None, infeasible)
+    return Bounds(lower=lo, upper=hi, intermediate=used if return_intermediate else None, infeasible=infeasible)

@@ -30,7 +30,16 @@ Semantics of :class:`Bounds` (soundness: every number is a proven bound, whateve
 - ``points``: optional (n, m, d) tensor of points of the ball the method found (e.g. the MILP's
   minimizer for each row), NaN rows where none; the API replays them through the network;
 - ``status``: optional numpy array of str, shape (n,), e.g. "optimal", "time_limit", "error";
-- ``info``: a dict of anything else worth reporting (iterations, solver seconds, ...).
+- ``info``: a dict of anything else worth reporting (iterations, solver seconds, ...);
+- ``infeasible``: optional bool tensor (n,), True for a domain proven empty by its ``splits=`` (or by
+  ``intermediate=`` bounds with lower > upper): its lower bounds are +inf and upper bounds -inf;
+- ``alphas``: the slopes an optimizing method (alpha-/beta-CROWN) ended with, to pass back as
+  ``alphas=`` (warm start; :class:`~.alpha_crown.Slopes`).
+
+``splits=`` (ibp, crown, alpha-crown, beta-crown, dual): per ReLU layer an int8 tensor (n, h_k), +1 active,
+-1 inactive, 0 free; each row of the batch is a domain (:mod:`.backward`). ``memory=`` (bytes) caps a
+backward pass's coefficient tensors (chunks of neurons); ``skip_stable=`` chooses which neurons get one.
+``alphas=`` (alpha-/beta-CROWN) takes back ``Bounds.alphas`` (warm start).
 
 ``stop_at=t`` (methods that accept it): the caller only needs to know, per example, whether
 ``min_r g_r > t`` or some point has ``g_r <= t``; the method may stop early once that is settled. The
@@ -49,6 +58,7 @@ import torch
 
 from .._validation import check_choice, reject_unknown_options
 from ..sets import Ball
+from .backward import check_splits
 from .network import Network
 
 __all__ = ["Bounds", "METHODS", "COMMON_OPTIONS", "get_method", "run_method", "check_intermediate",
@@ -62,6 +72,7 @@ METHODS = {
     "lp": "lp",
     "lp-cvxpy": "lp_cvxpy",
     "milp": "milp",
+    "beta-crown": "beta_crown",
 }
 COMMON_OPTIONS = frozenset({"compute_upper", "intermediate", "return_intermediate"})
 # example statuses of a solver that never certify, whatever bound came back (DESIGN.md: time-out / failure is unknown)
@@ -79,6 +90,8 @@ class Bounds:
     points: torch.Tensor | None = None
     status: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    infeasible: torch.Tensor | None = None
+    alphas: object | None = None
 
 
 def get_method(name: str):
@@ -110,8 +123,9 @@ def check_intermediate(net: Network, intermediate, n: int, name: str = "intermed
         for b in (lo, hi):
             if tuple(b.shape) != (n, h):
                 raise ValueError(f"{name}[{k}] bounds must have shape ({n}, {h}); got {tuple(b.shape)}")
-        if torch.isnan(lo).any() or torch.isnan(hi).any() or (lo > hi).any():
-            raise ValueError(f"{name}[{k}] must satisfy lower <= upper with no NaN")
+        if torch.isnan(lo).any() or torch.isnan(hi).any():
+            raise ValueError(f"{name}[{k}] must not contain NaN (lower > upper is allowed: it proves the domain "
+                             "empty, and the method flags it infeasible)")
         out.append((lo, hi))
     return out
 
@@ -156,6 +170,8 @@ def run_method(name: str, net: Network, x: torch.Tensor, ball: Ball, **options) 
         raise ValueError(f"eps has {ball.eps.shape[0]} radii but x has {x.shape[0]} examples")
     if "intermediate" in options:
         options["intermediate"] = check_intermediate(net, options["intermediate"], x.shape[0])
+    if "splits" in options:
+        options["splits"] = check_splits(net, options["splits"], x.shape[0])
     return module.bounds(net, x, ball, **options)
 
 

@@ -93,6 +93,12 @@ class Network:
     def device(self):
         return self.affine[0].device
 
+    def cast(self, dtype) -> "Network":
+        """The same network computing in ``dtype`` (a float32 copy for a search, say)."""
+        if dtype == self.dtype:
+            return self
+        return Network([op.cast(dtype) for op in self.affine], self.ends_with_relu, self.in_shape)
+
     def __repr__(self):
         return f"Network(in_shape={self.in_shape}, layers={self.layers})"
 

@@ -8,7 +8,10 @@ ever need four things from it, each available without forming :math:`W`:
 - ``transpose(y)``: :math:`W^\top` applied to rows, ``y`` of shape (n, r, d_out) -> (n, r, d_in)
   (``n`` may be 1 for a shared operator: the result broadcasts over the batch);
 - ``abs_forward(r)``: :math:`|W| r` (interval arithmetic), (n, d_in) -> (n, d_out);
-- ``bias``: shape (d_out,), or (n, d_out) for a per-example operator.
+- ``bias``: shape (d_out,), or (n, d_out) for a per-example operator;
+- ``rows(idx)``: the rows :math:`W_{idx,:}` as (1, r, d_in) (or (n, r, d_in) when batched), obtained
+  by ``transpose`` of one-hot rows (a plain slice for dense operators): the start of every backward
+  bound pass.
 
 Solvers get matrices: ``dense()`` (only sensible when small) and ``scipy(example)`` (a
 ``scipy.sparse.csr_array``, built from the convolution's structure without a dense detour).
@@ -17,6 +20,7 @@ C (n, m, k) is folded into the last layer.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -57,6 +61,27 @@ class AffineOp:
     @property
     def device(self):
         return self.bias.device
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` (a long tensor of r output indices) of W, shape (1, r, d_in) ((n, r, d_in) when
+        batched), from ``transpose`` of one-hot rows: no dense matrix is formed."""
+        onehot = torch.zeros(1, idx.numel(), self.out_features, dtype=self.dtype, device=self.device)
+        onehot[0, torch.arange(idx.numel(), device=self.device), idx] = 1.0
+        return self.transpose(onehot)
+
+    def bias_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """b[idx], shape (1, r) ((n, r) when the bias is per example)."""
+        return self.bias[..., idx].reshape(-1, idx.numel())
+
+    def cast(self, dtype) -> "AffineOp":
+        """A copy with every tensor attribute converted to ``dtype`` (e.g. float32 for a search)."""
+        out = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                setattr(out, name, value.to(dtype))
+            elif isinstance(value, list) and value and isinstance(value[0], AffineOp):
+                setattr(out, name, [op.cast(dtype) for op in value])
+        return out
 
     def dense(self) -> torch.Tensor:
         """W as a dense tensor, (d_out, d_in) (or (n, d_out, d_in) when batched)."""
@@ -106,6 +131,9 @@ class Linear(AffineOp):
     def abs_forward(self, r):
         return r @ self.weight.abs().T
 
+    def rows(self, idx):
+        return self.weight[idx].unsqueeze(0)
+
     def dense(self):
         return self.weight
 
@@ -130,6 +158,9 @@ class BatchLinear(AffineOp):
 
     def abs_forward(self, r):
         return torch.einsum("nij,nj->ni", self.weight.abs(), r)
+
+    def rows(self, idx):
+        return self.weight[:, idx]
 
     def dense(self):
         return self.weight
