@@ -93,6 +93,8 @@ class Program:
     layer_cols: list
     phases: list
     binary_cols: slice | None = None
+    chord_rows: np.ndarray | None = None  # per unstable neuron (binary order): its chord row a <= s (z - l)
+    big_m_rows: np.ndarray | None = None  # (MILP) per binary: its row a <= z - l (1 - d)
 
     @cached_property
     def relu_block(self):
@@ -179,7 +181,7 @@ def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Pr
         columns += 2 * d
     relu_start = rows.count
     prev = slice(0, d)
-    layer_cols, phases, matrices = [], [], []
+    layer_cols, phases, matrices, chord_rows, big_m_rows = [], [], [], [], []
     for (W, b), (l, u) in zip(hidden, bounds):
         ph = ReluPhases(l, u)
         h = len(b)
@@ -193,6 +195,7 @@ def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Pr
         rows.add([_diagonal(act, cols.start), _csr_rows(W, act, prev.start, -np.ones(len(act)))],  # a = z
                  b[act], b[act])
         rows.add([_csr_rows(W, uns, prev.start), _diagonal(uns, cols.start, -1.0)], no_lower, -b[uns])  # a >= z
+        chord_rows.append(rows.count + np.arange(len(uns)))
         rows.add([_diagonal(uns, cols.start), _csr_rows(W, uns, prev.start, -s)],  # a <= s (z - l)
                  no_lower, s * (b[uns] - l[uns]), s * (np.abs(b[uns]) + np.abs(l[uns])))
         col_lower.append(np.maximum(l, 0.0))
@@ -210,6 +213,7 @@ def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Pr
             k, no_lower = len(uns), np.full(len(uns), -np.inf)
             own = np.arange(k)
             rows.add([_diagonal(uns, cols.start), _diagonal(own, start, -ph.upper[uns])], no_lower, 0.0)  # a <= u d
+            big_m_rows.append(rows.count + np.arange(k))
             rows.add([_diagonal(uns, cols.start), _csr_rows(W, uns, p.start, -np.ones(k)),  # a <= z - l (1 - d)
                       _diagonal(own, start, -ph.lower[uns])], no_lower, b[uns] - ph.lower[uns],
                      np.abs(b[uns]) + np.abs(ph.lower[uns]))
@@ -226,7 +230,8 @@ def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Pr
     return Program(A=A, row_lower=row_lower, row_upper=row_upper, col_lower=np.concatenate(col_lower),
                    col_upper=np.concatenate(col_upper), objective=objective, offset=np.asarray(b_last, float),
                    d=d, relu_rows=relu_rows, row_extra=extra, layer_cols=layer_cols, phases=phases,
-                   binary_cols=binary_cols)
+                   binary_cols=binary_cols, chord_rows=np.concatenate(chord_rows or [np.zeros(0, int)]),
+                   big_m_rows=np.concatenate(big_m_rows) if integer and big_m_rows else None)
 
 
 def dual_bound(program: Program, duals: np.ndarray, rows=None, columns=None):
