@@ -63,7 +63,7 @@ def test_vnncomp_command_and_runner(bench, capsys, tmp_path):
     printed = capsys.readouterr().out
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["onnx", "vnnlib", "result", "seconds"]
+    assert rows[0] == ["onnx", "vnnlib", "result", "seconds", "message"]
     assert [r[:2] for r in rows[1:]] == [["digits.onnx", f"specs/prop_{i}_{eps}.vnnlib"] for i, eps in CASES]
     direct = [run_instance(bench / "digits.onnx", bench / f"specs/prop_{i}_{eps}.vnnlib", 30)["result"]
               for i, eps in CASES]
