@@ -79,10 +79,13 @@ def check_client(client, n_jobs=1):
 
 
 def local_client(workers: int):
-    """A ``Client`` on a new ``LocalCluster`` of ``workers`` processes with one thread each (close it after)."""
+    """A ``Client`` on a new ``LocalCluster`` of ``workers`` processes with one thread each, which import the
+    same robustopt as this process (close the client, then ``client.cluster``, after)."""
     distributed = require_distributed()
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                                       dashboard_address=None, env={"PYTHONPATH": path, "OMP_NUM_THREADS": "1"})
     return distributed.Client(cluster)
 
 
@@ -125,12 +128,15 @@ def _dask_outcomes(client, function, shared, tasks):
                          pure=False, key=[f"robustopt-{function.__name__}-{run}-{t}" for t in range(len(tasks))])
     index = {future.key: t for t, future in enumerate(futures)}
     try:
-        for future in distributed.as_completed(futures):
-            try:
-                yield future.result()
-            except Exception as err:  # e.g. KilledWorker: its workers died more often than allowed
-                yield index[future.key], TaskError(_describe(err))
-            future.release()
+        # the results of all the futures that finished meanwhile in one round trip, not one per future
+        for batch in distributed.as_completed(futures).batches():
+            failed = [f for f in batch if f.status != "finished"]  # e.g. KilledWorker: its workers died too often
+            finished = [f for f in batch if f.status == "finished"]
+            yield from client.gather(finished)
+            for future in failed:
+                yield index[future.key], TaskError(_describe(future.exception()))
+            for future in batch:
+                future.release()
     finally:
         client.cancel(futures)
         client.cancel([shared_future])

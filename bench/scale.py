@@ -1,0 +1,211 @@
+"""Scaling benchmark: certify on MNIST serially, over n_jobs=2 processes and on a 2-worker Dask LocalCluster.
+
+    python bench/scale.py [--n 200] [--eps 0.02] [--methods lp,milp] [--vnn] [--vnn-timeout 10] [--no-certify]
+
+1. Per-task overhead of each way to run tasks (:func:`robustopt.verify.parallel.run_tasks`: loky processes,
+   Dask futures; and joblib's Dask backend, the alternative to Dask futures), from N tasks that do nothing.
+2. ``certify`` with ``lp`` and ``milp`` on the first ``--n`` MNIST test images (``../shared/data/mnist``) and a
+   784-100-100-10 MLP trained here (2 epochs, seeded; about 20 s): serial, ``n_jobs=2`` and a 2-worker
+   LocalCluster, measured in the same run, in turn per method. Throughput (examples/s), the time per solver
+   task measured inside the task, the overhead per task (workers x wall - work, over tasks), and whether the
+   verdicts and bounds equal the serial run's. Also CROWN's time per example, to show what is too short to
+   send on its own.
+3. Projected speed-up at 10, 100, 1000 workers from these measurements (see :func:`projected_speedup`).
+4. (``--vnn``) the 90 VNN-COMP 2021 mnistfc instances with a per-instance time limit of ``--vnn-timeout`` s, on
+   ``--jobs 2`` (loky) and on a 2-worker LocalCluster: verdict agreement and wall time.
+
+Torch runs with one thread here and in every worker. The machine this was written on has 2 cores shared with
+other jobs: every figure printed comes with the load average, and the variants are measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from robustopt import data, models  # noqa: E402
+from robustopt.verify import certify  # noqa: E402
+from robustopt.verify.parallel import local_client, run_tasks  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+WORKERS = 2
+
+
+def load_text():
+    return "load average %.1f / %.1f / %.1f" % os.getloadavg()
+
+
+def mnist_mlp(root):
+    """A 784-100-100-10 MLP trained 2 epochs on MNIST (seeded, deterministic on one thread)."""
+    X, y = data.load_mnist(root, split="train")
+    Xt, yt = data.load_mnist(root, split="test")
+    torch.manual_seed(0)
+    model = models.mlp(784, (100, 100), 10)
+    models.fit(model, X, y, epochs=2, lr=1e-3, batch_size=128, progress=False, device="cpu", seed=0)
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(torch.as_tensor(Xt)).argmax(1).numpy() == yt).mean())
+    return model, Xt, yt, accuracy
+
+
+def _nothing(shared, t):
+    return t
+
+
+def _nothing_joblib(t):
+    return t
+
+
+def task_overhead(client, tasks=400):
+    """ms per task of doing nothing, per worker (wall x workers / tasks), for each way to run tasks."""
+    import joblib
+
+    out = {}
+    for name, kw in (("loky (n_jobs=2)", {"n_jobs": WORKERS}), ("Dask futures", {"client": client})):
+        list(run_tasks(_nothing, None, range(8), **kw))  # warm: workers started, modules imported
+        tic = time.perf_counter()
+        list(run_tasks(_nothing, np.zeros(1000), range(tasks), **kw))
+        out[name] = (time.perf_counter() - tic) * WORKERS / tasks * 1e3
+    with joblib.parallel_config(backend="dask", wait_for_workers_timeout=60):
+        joblib.Parallel(n_jobs=WORKERS)(joblib.delayed(_nothing_joblib)(t) for t in range(8))
+        tic = time.perf_counter()
+        joblib.Parallel(n_jobs=WORKERS)(joblib.delayed(_nothing_joblib)(t) for t in range(tasks))
+        out["joblib Dask backend"] = (time.perf_counter() - tic) * WORKERS / tasks * 1e3
+    return out
+
+
+def projected_speedup(workers, serial_part, task, overhead, scheduler):
+    """Speed-up over one process of W workers for one example: its serial part s (here: the clean check and PGD,
+    in the client), its task time t, the per-task overhead o on a worker, and the scheduler's time per task c
+    (one central scheduler handles every task in turn): (s + t) / (s + max((t + o) / W, c))."""
+    return (serial_part + task) / (serial_part + max((task + overhead) / workers, scheduler))
+
+
+def run_certify(model, X, y, eps, method, client):
+    """The three runs of one method, interleaved in one loop; returns {variant: CertifyResult}."""
+    runs = {}
+    for name, kw in (("serial", {}), (f"n_jobs={WORKERS}", {"n_jobs": WORKERS}),
+                     (f"Dask {WORKERS} workers", {"client": client})):
+        runs[name] = certify(model, X, y, eps, method=method, progress=False, **kw)
+    return runs
+
+
+def certify_section(args, client, overhead):
+    model, Xt, yt, accuracy = mnist_mlp(args.mnist_root)
+    X, y = torch.as_tensor(Xt[:args.n]), torch.as_tensor(yt[:args.n])
+    print(f"\n## 2. certify on the first {args.n} MNIST test images, eps {args.eps}, 784-100-100-10 MLP "
+          f"(test accuracy {accuracy:.4f}); {load_text()}")
+    certify(model, X[:4], y[:4], args.eps, method="lp", n_jobs=WORKERS, progress=False)  # start the loky pool
+    crown = certify(model, X, y, args.eps, method="crown", progress=False)
+    crown_ms = crown.seconds / args.n * 1e3
+    screen = certify(model, X, y, args.eps, method="ibp", progress=False)  # clean check + PGD + IBP, batched
+    screen_ms = screen.seconds / args.n * 1e3
+    print(f"crown: {crown_ms:.2f} ms per example in batches of 128; clean check + PGD-20 + IBP {screen_ms:.2f} ms "
+          f"per example (the serial part of a solver run)")
+    header = (f"{'method':6s} {'variant':16s} {'wall s':>8s} {'ex/s':>7s} {'tasks':>6s} {'task ms':>8s} "
+              f"{'overhead ms':>12s} {'speed-up':>8s} {'same as serial':>15s}  verdicts")
+    print(header)
+    summary = {}
+    for method in args.methods:
+        runs = run_certify(model, X, y, args.eps, method, client)
+        base = runs["serial"]
+        open_ = int((base.status != "falsified").sum())
+        # time per task measured by the serial run (there no task waits): its wall time less the screen's
+        task_ms = max(base.seconds * 1e3 - screen_ms * args.n, 0.0) / max(open_, 1)
+        for name, res in runs.items():
+            workers = 1 if name == "serial" else WORKERS
+            overhead_ms = (res.seconds * workers * 1e3 - screen_ms * args.n - task_ms * open_) / max(open_, 1)
+            same = np.array_equal(res.status, base.status) and torch.equal(res.margin_bounds, base.margin_bounds)
+            print(f"{method:6s} {name:16s} {res.seconds:8.2f} {args.n / res.seconds:7.1f} {open_:6d} {task_ms:8.1f} "
+                  f"{overhead_ms if name != 'serial' else 0.0:12.1f} {base.seconds / res.seconds:8.2f} "
+                  f"{str(same):>15s}  {res.counts}")
+        summary[method] = task_ms, open_
+    print(f"(task ms: one solver task, from the serial run; overhead ms: workers x wall less the work, per task, "
+          f"which includes the serial screen's {screen_ms:.2f} ms per example that the workers wait for; {load_text()})")
+
+    print("\n## 3. projected speed-up over one process, (s + t) / (s + max((t + o) / W, c))")
+    scheduler_ms = overhead["Dask futures"] / WORKERS  # the no-op rate is bounded by the scheduler's per-task work
+    print(f"s = {screen_ms:.2f} ms serial screen per example, o = {overhead['Dask futures']:.2f} ms Dask overhead "
+          f"per task (no-op tasks, section 1), c = {scheduler_ms:.2f} ms scheduler time per task (upper estimate: the "
+          f"no-op rate on {WORKERS} workers)")
+    print(f"{'tasks':24s} {'t ms':>8s} " + " ".join(f"{f'W={w}':>8s}" for w in (10, 100, 1000)))
+    rows = [(f"{m} (one example)", t) for m, (t, _) in summary.items()]
+    rows += [("crown (one example)", crown_ms), ("crown (chunk of 128)", crown_ms * 128)]
+    for name, t in rows:
+        s = screen_ms if "crown" not in name else 0.0  # the chunk tasks screen on the worker
+        print(f"{name:24s} {t:8.2f} " + " ".join(
+            f"{projected_speedup(w, s, t, overhead['Dask futures'], scheduler_ms):8.1f}" for w in (10, 100, 1000)))
+
+
+def vnn_section(args, client):
+    from robustopt.vnnlib.runner import run_csv
+
+    folder = SHARED / "vnncomp2021_mnistfc"
+    if not folder.is_dir():
+        print(f"\n## 4. skipped: {folder} not found")
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="robustopt_scale_"))
+    with open(folder / "mnistfc_instances.csv", newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    path = tmp / "instances.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([(r[0], r[1], args.vnn_timeout) for r in rows])
+    print(f"\n## 4. VNN-COMP 2021 mnistfc, {len(rows)} instances, time limit {args.vnn_timeout:g} s each; "
+          f"{load_text()}")
+    results = {}
+    for name, kw in ((f"--jobs {WORKERS}", {"n_jobs": WORKERS}), (f"local:{WORKERS} cluster", {"client": client})):
+        tic = time.perf_counter()
+        out = run_csv(path, root=folder, progress=False, **kw)
+        wall = time.perf_counter() - tic
+        results[name] = [r["result"] for r in out]
+        counts = {v: results[name].count(v) for v in ("sat", "unsat", "timeout", "unknown", "error")}
+        print(f"{name:18s} wall {wall:7.1f} s  {counts}  ({load_text()})")
+    (a, ra), (b, rb) = results.items()
+    decided = [i for i in range(len(ra)) if ra[i] in ("sat", "unsat") and rb[i] in ("sat", "unsat")]
+    conflicts = [rows[i][:2] for i in decided if ra[i] != rb[i]]
+    only = sum((ra[i] in ("sat", "unsat")) != (rb[i] in ("sat", "unsat")) for i in range(len(ra)))
+    print(f"same verdict on all {len(decided)} instances both decided; conflicts: {conflicts or 'none'}; "
+          f"decided by one run only (a time limit that binds): {only}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--eps", type=float, default=0.02)
+    parser.add_argument("--methods", default="lp,milp")
+    parser.add_argument("--mnist-root", default=str(SHARED / "mnist"))
+    parser.add_argument("--vnn", action="store_true", help="also run section 4 (about 2 x 90 x timeout / 2 s)")
+    parser.add_argument("--vnn-timeout", type=float, default=10.0)
+    parser.add_argument("--no-certify", action="store_true", help="skip sections 2 and 3")
+    args = parser.parse_args()
+    args.methods = [m for m in args.methods.split(",") if m]
+    torch.set_num_threads(1)
+    print(f"# bench/scale.py: torch {torch.__version__}, 1 thread per process, {os.cpu_count()} CPUs; {load_text()}")
+    client = local_client(WORKERS)
+    try:
+        overhead = task_overhead(client)
+        print("\n## 1. per-task overhead of a task that does nothing, ms x workers (lower is better)")
+        for name, ms in overhead.items():
+            print(f"{name:22s} {ms:7.2f}")
+        if not args.no_certify:
+            certify_section(args, client, overhead)
+        if args.vnn:
+            vnn_section(args, client)
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+
+
+if __name__ == "__main__":
+    main()
