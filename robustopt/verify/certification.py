@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from .._validation import check_eps, reject_unknown_options
 from .api import DEFAULT_BATCH_SIZE, Problem, _check_options, labels_tensor, margin_bounds, margin_spec
-from .certify_tasks import Job, chunk_task, error_row, example_task, fingerprint, make_row, screen
+from .certify_tasks import Job, chunk_task, error_row, example_task, fingerprint, make_row, screen_task
 from .journal import Journal
 from .methods import get_method
-from .parallel import TaskError, check_client, check_n_jobs, run_tasks
+from .parallel import TaskError, check_client, check_n_jobs, run_tasks, scattered
 
 __all__ = ["CertifyResult", "certify", "certified_radius"]
 
@@ -84,24 +84,32 @@ def _open_journal(out, resume, job, batch_size, dtype):
 
 
 def _solver_rows(job, batches, done, accept, n_jobs, client, progress):
-    """Screen each batch here (batched PGD), then one task per open example (a solver program each)."""
+    """A screening task per batch (clean point and PGD, batched), then a task per example left open (one solver
+    program each)."""
+    where = dict(n_jobs=n_jobs, client=client, progress=progress)
+    with scattered(job, client) as shared:  # sent to the workers once for both kinds of task
+        _screen_then_solve(job, shared, [idx.tolist() for idx in batches], done, accept, where)
+
+
+def _screen_then_solve(job, shared, screens, done, accept, where):
     tasks, share = [], {}
-    for idx in tqdm(batches, desc=f"certify ({job.method}): attack", disable=not progress, leave=False):
-        tic = time.perf_counter()
-        found = screen(job, idx)
-        spent = (time.perf_counter() - tic) / len(idx)
-        for p, i in enumerate(idx.tolist()):
-            if i in done:
-                continue
-            if p in found:  # the solver is not run: no bound, -inf (+inf at the label)
+    for t, outcome in run_tasks(screen_task, shared, screens, desc=f"certify ({job.method}): attack", **where):
+        examples = [i for i in screens[t] if i not in done]
+        if isinstance(outcome, TaskError):
+            for i in examples:
+                accept(error_row(job, i, outcome.message))
+            continue
+        found, spent = outcome
+        for i in examples:
+            if i in found:  # the solver is not run: no bound, -inf (+inf at the label)
                 bounds = torch.full((job.problem.net.out_features,), float("-inf"))
                 bounds[int(job.y[i])] = float("inf")
-                accept(make_row(job, i, bounds, found[p], None, spent))
+                accept(make_row(job, i, bounds, torch.tensor(found[i], dtype=torch.float64), None,
+                                spent / len(screens[t])))
             else:
                 tasks.append(i)
-                share[i] = spent
-    for t, outcome in run_tasks(example_task, job, tasks, n_jobs=n_jobs, client=client, progress=progress,
-                                desc=f"certify ({job.method})"):
+                share[i] = spent / len(screens[t])
+    for t, outcome in run_tasks(example_task, shared, tasks, desc=f"certify ({job.method})", **where):
         i = tasks[t]
         row = error_row(job, i, outcome.message) if isinstance(outcome, TaskError) else outcome
         accept(dict(row, seconds=row["seconds"] + share[i]))

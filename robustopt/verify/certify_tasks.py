@@ -1,7 +1,7 @@
 """The work of :func:`~robustopt.verify.certify`, cut into tasks that run anywhere (this process, a local
 process, a Dask worker) and return JSON-ready rows, one per example.
 
-- :func:`screen` (clean point, then PGD) on a batch of examples;
+- :func:`screen_task` (clean point, then PGD) on a batch of examples, before the solvers;
 - :func:`chunk_task`: screen and bound a batch at once (the torch methods: IBP, CROWN, alpha-CROWN, dual);
 - :func:`example_task`: bound one example that the screen left open (the solvers: one program each).
 
@@ -22,7 +22,7 @@ from .journal import encode_float
 from .methods import UNSETTLED, get_method
 from .api import spread_margins
 
-__all__ = ["Job", "screen", "chunk_task", "example_task", "make_row", "error_row", "fingerprint"]
+__all__ = ["Job", "screen", "screen_task", "chunk_task", "example_task", "make_row", "error_row", "fingerprint"]
 
 
 @dataclass
@@ -138,6 +138,14 @@ def _settle(job, idx, found, tic):
                     found.update((run[has[h]], pts[has[h], r]) for h in _breaking(job, rows, pts[has, r]))
     seconds = (time.perf_counter() - tic) / max(len(idx), 1)
     return [make_row(job, int(i), bounds[p], found.get(p), status[p], seconds) for p, i in enumerate(idx.tolist())]
+
+
+def screen_task(job, examples) -> tuple:
+    """Screen a batch of examples (a list of indices): ({example: counterexample as a list}, seconds)."""
+    tic = time.perf_counter()
+    idx = torch.tensor(examples, dtype=torch.long, device=job.problem.x.device)
+    found = {examples[p]: point.tolist() for p, point in screen(job, idx).items()}
+    return found, time.perf_counter() - tic
 
 
 def chunk_task(job, examples) -> list:

@@ -18,6 +18,7 @@ outcomes do not depend on the mode (bit for bit, where no time limit binds).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import uuid
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["run_tasks", "TaskError", "check_n_jobs", "check_client", "require_distributed", "worker_pool",
+__all__ = ["run_tasks", "scattered", "TaskError", "check_n_jobs", "check_client", "require_distributed", "worker_pool",
            "local_client"]
 
 _CACHE = {}  # pickled shared object -> the object, per loky worker process
@@ -122,7 +123,8 @@ def _in_dask(function, shared, t, task):
 
 def _dask_outcomes(client, function, shared, tasks):
     distributed = require_distributed()
-    shared_future = client.scatter(shared, broadcast=True, hash=False)
+    own = not isinstance(shared, distributed.Future)  # else: scattered already, by :func:`scattered`
+    shared_future = client.scatter(shared, broadcast=True, hash=False) if own else shared
     run = uuid.uuid4().hex[:8]
     futures = client.map(_in_dask, [function] * len(tasks), [shared_future] * len(tasks), range(len(tasks)), tasks,
                          pure=False, key=[f"robustopt-{function.__name__}-{run}-{t}" for t in range(len(tasks))])
@@ -139,12 +141,28 @@ def _dask_outcomes(client, function, shared, tasks):
                 future.release()
     finally:
         client.cancel(futures)
-        client.cancel([shared_future])
+        if own:
+            client.cancel([shared_future])
+
+
+@contextlib.contextmanager
+def scattered(shared, client=None):
+    """``shared`` sent to every worker of ``client`` once, for several :func:`run_tasks` calls (as is without a
+    client); released afterwards."""
+    if client is None:
+        yield shared
+        return
+    future = client.scatter(shared, broadcast=True, hash=False)
+    try:
+        yield future
+    finally:
+        client.cancel([future])
 
 
 def run_tasks(function, shared, tasks, *, n_jobs=1, client=None, progress=False, desc="tasks"):
     """Yield ``(t, function(shared, tasks[t]))`` for every t as the tasks finish, or ``(t, TaskError)`` for a
-    task that failed. ``function`` must be a module-level function (it is pickled by name)."""
+    task that failed. ``function`` must be a module-level function (it is pickled by name); with a client,
+    ``shared`` may be a future from :func:`scattered`."""
     tasks = list(tasks)
     n_jobs = min(check_n_jobs(n_jobs), max(len(tasks), 1))
     client = check_client(client)
