@@ -138,8 +138,10 @@ def test_vnncomp_malformed_file_fails_its_row_only_and_resume(bench, tmp_path, m
     assert key(_csv_rows(tmp_path / "cut.csv")) == key(_csv_rows(tmp_path / "whole.csv"))  # each row once
 
 
-def test_cli_certify_killed_then_resumed(tmp_path):
-    """SIGKILL in the middle of `robustopt certify --out`, then --resume: the rows of an uninterrupted run."""
+@pytest.mark.parametrize("stop, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 130)])
+def test_cli_certify_killed_then_resumed(tmp_path, stop, code):
+    """SIGKILL / SIGTERM in the middle of `robustopt certify --out`, then --resume: the rows of an uninterrupted
+    run (SIGTERM ends the command like Ctrl-C, exit code 130)."""
     model, _, _ = digits_model()
     models.save(model, tmp_path / "net.pt")
     args = [sys.executable, "-m", "robustopt", "certify", str(tmp_path / "net.pt"), "--method", "milp", "--eps",
@@ -151,11 +153,11 @@ def test_cli_certify_killed_then_resumed(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and out.read_text().count("\n") >= 4:  # the header and 3 rows
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(stop)
             break
         time.sleep(0.01)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert proc.returncode == code, "the run ended before it could be stopped"
     cut = len(_rows(out)[1])
     assert 3 <= cut < 40
     done = subprocess.run([*args, "--out", str(out), "--resume", "--json"], cwd=REPO, env=env, capture_output=True,

@@ -25,8 +25,9 @@ def add_parser(subparsers):
     add_data_options(parser, n=100)
     add_ball_options(parser)
     add_cluster_options(parser)
-    add_run_options(parser, out_help="a JSON-lines file (.jsonl): one row per method and example, appended as each "
-                                     "is known, after a header line that identifies the run")
+    add_run_options(parser, out_help="a JSON-lines file (.jsonl): one row per method and example (numbered from 0 "
+                                     "at --start), appended as each is known, after a header line that identifies "
+                                     "the run")
     parser.set_defaults(run=run)
     return parser
 
