@@ -138,7 +138,8 @@ def test_vnncomp_malformed_file_fails_its_row_only_and_resume(bench, tmp_path, m
     assert key(_csv_rows(tmp_path / "cut.csv")) == key(_csv_rows(tmp_path / "whole.csv"))  # each row once
 
 
-@pytest.mark.parametrize("stop, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 130)])
+@pytest.mark.parametrize("stop, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 130)],
+                         ids=["SIGKILL", "SIGTERM"])
 def test_cli_certify_killed_then_resumed(tmp_path, stop, code):
     """SIGKILL / SIGTERM in the middle of `robustopt certify --out`, then --resume: the rows of an uninterrupted
     run (SIGTERM ends the command like Ctrl-C, exit code 130)."""

@@ -86,7 +86,7 @@ def local_client(workers: int):
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, env={"PYTHONPATH": path, "OMP_NUM_THREADS": "1"})
+                                       dashboard_address=":0", env={"PYTHONPATH": path, "OMP_NUM_THREADS": "1"})
     return distributed.Client(cluster)
 
 
