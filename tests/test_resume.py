@@ -149,8 +149,8 @@ def test_cli_certify_killed_then_resumed(tmp_path, stop, code):
             "0.1", "--n", "40", "--threads", "1"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = tmp_path / "cut.jsonl"
-    proc = subprocess.Popen([*args, "--out", str(out)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen([*args, "--out", str(out)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and out.read_text().count("\n") >= 4:  # the header and 3 rows
@@ -158,7 +158,9 @@ def test_cli_certify_killed_then_resumed(tmp_path, stop, code):
             break
         time.sleep(0.01)
     proc.wait()
-    assert proc.returncode == code, "the run ended before it could be stopped"
+    log.seek(0)
+    assert proc.returncode == code, f"exit code {proc.returncode}; stderr: {log.read()[-2000:]}"
+    log.close()
     cut = len(_rows(out)[1])
     assert 3 <= cut < 40
     done = subprocess.run([*args, "--out", str(out), "--resume", "--json"], cwd=REPO, env=env, capture_output=True,
