@@ -1,24 +1,14 @@
-"""certify(n_jobs=k): the solver methods give the same verdicts, bounds and counterexamples with 2 processes
-as with 1; torch methods stay batched; n_jobs is validated."""
+"""certify(n_jobs=k): the same verdicts, bounds and counterexamples with 2 processes
+as with 1 (solvers: a task per example; torch methods: a task per batch); n_jobs is validated."""
 import os
 
-import numpy as np
 import pytest
-import torch
 
 from robustopt.verify import certify
 from robustopt.verify.parallel import check_n_jobs
-from vnn_helpers import digits_model
+from vnn_helpers import assert_same_certificates, digits_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _same(a, b):
-    assert np.array_equal(a.status, b.status)
-    assert torch.equal(a.margin_bounds, b.margin_bounds)  # bit for bit
-    assert a.counterexample.keys() == b.counterexample.keys()
-    for i in a.counterexample:
-        assert torch.equal(a.counterexample[i], b.counterexample[i])
 
 
 @pytest.mark.parametrize("method, eps", [("milp", 0.08), ("lp", 0.05)])
@@ -27,16 +17,16 @@ def test_two_jobs_give_identical_results(method, eps):
     X, y = Xt[:12], yt[:12]
     one = certify(model, X, y, eps, method=method, n_jobs=1, progress=False)
     two = certify(model, X, y, eps, method=method, n_jobs=2, progress=False)
-    _same(one, two)
+    assert_same_certificates(one, two)
     counts = one.counts
     assert counts["certified"] > 0 and counts["falsified"] > 0, counts  # both kinds are exercised
 
 
-def test_torch_methods_ignore_n_jobs():
+def test_torch_methods_send_batches_with_the_same_results():
     model, Xt, yt = digits_model()
-    one = certify(model, Xt[:20], yt[:20], 0.05, method="crown", progress=False)
-    two = certify(model, Xt[:20], yt[:20], 0.05, method="crown", n_jobs=2, progress=False)
-    _same(one, two)
+    one = certify(model, Xt[:20], yt[:20], 0.05, method="crown", batch_size=6, progress=False)
+    two = certify(model, Xt[:20], yt[:20], 0.05, method="crown", batch_size=6, n_jobs=2, progress=False)
+    assert_same_certificates(one, two)
 
 
 def test_check_n_jobs():

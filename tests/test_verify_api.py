@@ -96,14 +96,14 @@ def test_certify_verdicts_are_consistent():
 @pytest.mark.parametrize("status", ["time_limit", "error"])
 def test_certify_never_certifies_a_timed_out_or_failed_solve(monkeypatch, status):
     """DESIGN.md: a solver time-out or failure is "unknown", even when the bound it returned is > 0."""
-    from robustopt.verify import certification
+    from robustopt.verify.api import Problem
     from robustopt.verify.methods import Bounds
 
-    def solved(problem, spec, method, run, options, n_jobs, progress):
-        return Bounds(lower=torch.ones(len(run), spec.shape[1], dtype=torch.float64),
-                      status=np.array([status] + ["optimal"] * (len(run) - 1)))
+    def solved(problem, spec, method, run, options, compute_upper=False):  # example 0 fails, with a bound > 0
+        return Bounds(lower=torch.ones(len(run), spec.shape[-2], dtype=torch.float64),
+                      status=np.array([status if int(i) == 0 else "optimal" for i in run]))
 
-    monkeypatch.setattr(certification, "solve_examples", solved)
+    monkeypatch.setattr(Problem, "bounds", solved)
     model = _model()
     x, y = _data(model, n=6)
     res = certify(model, x, y, 0.0, method="lp", attack=False, progress=False)

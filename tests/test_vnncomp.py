@@ -8,31 +8,19 @@ import pytest
 
 from robustopt.cli import main
 from robustopt.onnx import load as load_onnx
-from robustopt.vnnlib import load, local_robustness, read_result, save, verify_property
+from robustopt.vnnlib import load, read_result, verify_property
 from robustopt.vnnlib.runner import read_instances, run_csv, run_instance
-from vnn_helpers import SHARED_DATA, digits_model, export_onnx
+from vnn_helpers import BENCH_CASES, SHARED_DATA, make_bench
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# (test image, eps): small radii hold, large ones are violated (checked below, not assumed)
-CASES = [(0, 0.01), (1, 0.01), (0, 0.25), (2, 0.25)]
+CASES = BENCH_CASES
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     """A folder with the digits network as ONNX, four local-robustness properties and an instances CSV."""
-    root = tmp_path_factory.mktemp("vnn")
-    model, Xt, yt = digits_model()
-    export_onnx(model, root / "digits.onnx", 64)
-    (root / "specs").mkdir()
-    rows = []
-    for i, eps in CASES:
-        name = f"specs/prop_{i}_{eps}.vnnlib"
-        save(local_robustness(Xt[i], int(yt[i]), eps, 10), root / name)
-        rows.append(("digits.onnx", name, 30))
-    with open(root / "instances.csv", "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    return root
+    return make_bench(tmp_path_factory.mktemp("vnn"))
 
 
 def test_vnnlib_command_writes_result_files(bench, capsys):
@@ -63,7 +51,7 @@ def test_vnncomp_command_and_runner(bench, capsys, tmp_path):
     printed = capsys.readouterr().out
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["onnx", "vnnlib", "result", "seconds"]
+    assert rows[0] == ["onnx", "vnnlib", "result", "seconds", "message"]
     assert [r[:2] for r in rows[1:]] == [["digits.onnx", f"specs/prop_{i}_{eps}.vnnlib"] for i, eps in CASES]
     direct = [run_instance(bench / "digits.onnx", bench / f"specs/prop_{i}_{eps}.vnnlib", 30)["result"]
               for i, eps in CASES]

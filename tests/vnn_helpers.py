@@ -69,3 +69,36 @@ def export_onnx(model, path, in_features):
         torch.onnx.export(model, (torch.rand(1, in_features),), str(path), dynamo=False, input_names=["x"],
                           output_names=["y"])
     return path
+
+
+# (test image, eps): small radii hold, large ones are violated (the suites check it, not assume it)
+BENCH_CASES = [(0, 0.01), (1, 0.01), (0, 0.25), (2, 0.25)]
+
+
+def make_bench(root):
+    """In folder ``root``: the digits network as ONNX, the four local-robustness properties of BENCH_CASES in
+    specs/, and instances.csv (timeout 30 s) listing them."""
+    import csv
+
+    from robustopt.vnnlib import local_robustness, save
+
+    model, Xt, yt = digits_model()
+    export_onnx(model, root / "digits.onnx", 64)
+    (root / "specs").mkdir()
+    rows = []
+    for i, eps in BENCH_CASES:
+        name = f"specs/prop_{i}_{eps}.vnnlib"
+        save(local_robustness(Xt[i], int(yt[i]), eps, 10), root / name)
+        rows.append(("digits.onnx", name, 30))
+    with open(root / "instances.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return root
+
+
+def assert_same_certificates(a, b):
+    """Two CertifyResults agree bit for bit: verdicts, bounds and counterexamples."""
+    assert np.array_equal(a.status, b.status)
+    assert torch.equal(a.margin_bounds, b.margin_bounds)
+    assert a.counterexample.keys() == b.counterexample.keys()
+    for i in a.counterexample:
+        assert torch.equal(a.counterexample[i], b.counterexample[i])

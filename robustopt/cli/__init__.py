@@ -12,7 +12,9 @@ rest), without a traceback; ``--traceback`` (or ``ROBUSTOPT_TRACEBACK=1``) shows
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from importlib import import_module
 
 from .options import CommandError, Parser
@@ -53,12 +55,23 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, a batch system's time limit) ends a run like Ctrl-C: files closed, local cluster shut."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv=None) -> int:
     """Run ``robustopt`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"robustopt {args.command}"
     show = getattr(args, "traceback", False) or os.environ.get("ROBUSTOPT_TRACEBACK", "") not in ("", "0")
+    _sigterm_as_interrupt()
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

@@ -1,8 +1,8 @@
 """``robustopt certify MODEL``: certify, falsify or leave unknown each example with one or more bound methods."""
 from __future__ import annotations
 
-from .options import (CommandError, add_ball_options, add_data_options, add_run_options, emit, load_data,
-                      load_model, method_list, prepare_inputs, setup, write_json)
+from .options import (CommandError, add_ball_options, add_cluster_options, add_data_options, add_run_options, cluster,
+                      emit, load_data, load_model, method_list, prepare_inputs, setup)
 
 DEFAULT_METHODS = ["crown"]
 
@@ -24,7 +24,10 @@ def add_parser(subparsers):
     parser.add_argument("--batch-size", type=int, default=128, metavar="B", help="examples per batch (default 128)")
     add_data_options(parser, n=100)
     add_ball_options(parser)
-    add_run_options(parser, out_help="also write the JSON results to this file")
+    add_cluster_options(parser)
+    add_run_options(parser, out_help="a JSON-lines file (.jsonl): one row per method and example (numbered from 0 "
+                                     "at --start), appended as each is known, after a header line that identifies "
+                                     "the run")
     parser.set_defaults(run=run)
     return parser
 
@@ -40,21 +43,20 @@ def run(args):
     X, y = load_data(args)
     x = prepare_inputs(model, X)
     results = {}
-    for method in methods:
-        takes_limit = "time_limit" in get_method(method).OPTIONS
-        if args.time_limit is not None and not takes_limit and len(methods) == 1:
-            raise CommandError(f"--time-limit: method {method!r} takes no time limit")
-        result = certify(model, x, torch.as_tensor(y), args.eps, args.norm, method, args.lower, args.upper,
-                         batch_size=args.batch_size, time_limit=args.time_limit if takes_limit else None,
-                         progress=args.progress, attack=not args.no_attack)
-        results[method] = {**result.counts, "certified_accuracy": result.certified_accuracy,
-                           "seconds": result.seconds, "status": result.status, "margin_lower": result.margin_lower}
-    payload = {"model": args.model, "data": args.data, "split": args.split, "n": len(y), "eps": args.eps,
-               "norm": args.norm, "lower": args.lower, "upper": args.upper, "methods": results}
-    if args.out:
-        from .options import metadata
-
-        write_json(args.out, {**payload, "meta": metadata(args)})
+    with cluster(args) as client:
+        for method in methods:
+            takes_limit = "time_limit" in get_method(method).OPTIONS
+            if args.time_limit is not None and not takes_limit and len(methods) == 1:
+                raise CommandError(f"--time-limit: method {method!r} takes no time limit")
+            result = certify(model, x, torch.as_tensor(y), args.eps, args.norm, method, args.lower, args.upper,
+                             batch_size=args.batch_size, time_limit=args.time_limit if takes_limit else None,
+                             progress=args.progress, attack=not args.no_attack, n_jobs=args.jobs, client=client,
+                             out=args.out, resume=args.resume)
+            results[method] = {**result.counts, "certified_accuracy": result.certified_accuracy,
+                               "seconds": result.seconds, "status": result.status,
+                               "margin_lower": result.margin_lower, "errors": result.errors}
+    payload = {"model": args.model, "data": args.data, "split": args.split, "start": args.start, "n": len(y),
+               "eps": args.eps, "norm": args.norm, "lower": args.lower, "upper": args.upper, "methods": results}
     emit(args, payload, _text(payload))
     return 0
 
@@ -62,8 +64,9 @@ def run(args):
 def _text(payload):
     lines = [f"{payload['n']} examples of {payload['data']} ({payload['split']}), l_{payload['norm']} ball eps = "
              f"{payload['eps']}, box [{payload['lower']}, {payload['upper']}]",
-             f"{'method':12s} {'certified':>9s} {'falsified':>9s} {'unknown':>8s} {'cert. acc':>9s} {'seconds':>8s}"]
+             f"{'method':12s} {'certified':>9s} {'falsified':>9s} {'unknown':>8s} {'error':>6s} {'cert. acc':>9s} "
+             f"{'seconds':>8s}"]
     for method, r in payload["methods"].items():
-        lines.append(f"{method:12s} {r['certified']:9d} {r['falsified']:9d} {r['unknown']:8d} "
+        lines.append(f"{method:12s} {r['certified']:9d} {r['falsified']:9d} {r['unknown']:8d} {r['error']:6d} "
                      f"{r['certified_accuracy']:9.3f} {r['seconds']:8.2f}")
     return "\n".join(lines)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .options import (add_ball_options, add_data_options, add_run_options, emit, load_data, load_model, method_list,
-                      prepare_inputs, setup)
+from .options import (add_ball_options, add_cluster_options, add_data_options, add_run_options, cluster, emit,
+                      load_data, load_model, method_list, prepare_inputs, setup)
 
 OUTPUTS = (".md", ".csv", ".json", ".png")
 
@@ -32,6 +32,7 @@ def add_parser(subparsers):
                         help="per-example rows printed (default 20; all are in the files)")
     add_data_options(parser, n=20)
     add_ball_options(parser, multiple=True)
+    add_cluster_options(parser, resume=False)
     add_run_options(parser, out_help="write PATH.md, PATH.csv, PATH.json and PATH.png (PATH/comparison.* when "
                                      "PATH is a folder or ends with /)")
     parser.set_defaults(run=run)
@@ -82,9 +83,11 @@ def run(args):
     model = load_model(args.model, args.device)
     X, y = load_data(args)
     x = prepare_inputs(model, X)
-    comparison = compare(model, x, torch.as_tensor(y), list(args.eps), methods, args.norm, args.lower, args.upper,
-                         attack_steps=args.attack_steps, attack_restarts=args.restarts, time_limit=args.time_limit,
-                         seed=args.seed, progress=args.progress)
+    with cluster(args) as client:
+        comparison = compare(model, x, torch.as_tensor(y), list(args.eps), methods, args.norm, args.lower,
+                             args.upper, attack_steps=args.attack_steps, attack_restarts=args.restarts,
+                             time_limit=args.time_limit, seed=args.seed, progress=args.progress, n_jobs=args.jobs,
+                             client=client)
     comparison.meta.update(command=["robustopt", *sys.argv[1:]], model=args.model, data=args.data, split=args.split,
                            start=args.start)
     written = write_outputs(comparison, args.out) if args.out else []

@@ -8,13 +8,16 @@ Heavy imports (torch, the solvers) happen inside the functions, so ``--help`` st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import re
 import sys
 
-__all__ = ["CommandError", "Parser", "add_data_options", "add_ball_options", "add_run_options", "method_list",
-           "setup", "load_model", "load_data", "prepare_inputs", "metadata", "emit", "jsonable", "write_json"]
+__all__ = ["CommandError", "Parser", "add_data_options", "add_ball_options", "add_run_options",
+           "add_cluster_options", "cluster", "method_list", "setup", "load_model", "load_data", "prepare_inputs",
+           "metadata", "emit", "jsonable", "write_json"]
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
 
@@ -103,6 +106,57 @@ def add_run_options(parser, out_help="write the results to this file"):
                        help="torch CPU threads (default: torch's choice)")
     group.add_argument("--progress", action="store_true", help="show progress bars (on stderr)")
     group.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+
+
+def add_cluster_options(parser, resume=True):
+    """``--jobs``, ``--scheduler`` and (for commands that write rows as they go) ``--resume``."""
+    group = parser.add_argument_group("where the work runs")
+    group.add_argument("--jobs", type=int, default=1, metavar="K",
+                       help="local worker processes of one thread each (-1: every CPU; default 1)")
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="a Dask scheduler, tcp://HOST:PORT (started with `dask scheduler`), or local:K for a "
+                            "local cluster of K processes; needs the cluster extra (pip install 'robustopt[cluster]')")
+    if resume:
+        group.add_argument("--resume", action="store_true",
+                           help="continue the run whose rows are in --out: skip the rows already there")
+
+
+@contextlib.contextmanager
+def cluster(args):
+    """Checks --jobs / --scheduler / --resume and yields a dask Client (closed afterwards) or None."""
+    if args.jobs == 0 or args.jobs < -1:
+        raise CommandError(f"--jobs must be >= 1 or -1 (every CPU); got {args.jobs}")
+    if getattr(args, "resume", False) and not args.out:
+        raise CommandError("--resume needs --out (the file of the run to continue)")
+    address = args.scheduler
+    if address is None:
+        yield None
+        return
+    if args.jobs != 1:
+        raise CommandError("give --jobs (local processes) or --scheduler (a Dask cluster), not both")
+    if args.device not in (None, "cpu"):
+        raise CommandError("--scheduler runs on the workers' CPUs; drop --device")
+    from ..verify.parallel import local_client, require_distributed
+
+    match = re.fullmatch(r"local:(\d+)|(tcp|tls)://\[?[\w.:-]+\]?:\d+", address)
+    if match is None or (match.group(1) is not None and int(match.group(1)) < 1):
+        raise CommandError(f"--scheduler must be tcp://HOST:PORT (a running Dask scheduler) or local:K (K >= 1 "
+                           f"local worker processes); got {address!r}")
+    distributed = require_distributed()
+    if match.group(1) is not None:
+        client = local_client(int(match.group(1)))
+    else:
+        try:
+            client = distributed.Client(address, timeout="10s")
+        except (OSError, TimeoutError) as err:
+            raise CommandError(f"--scheduler: no Dask scheduler answered at {address} ({err})") from None
+    try:
+        yield client
+    finally:
+        cluster_ = client.cluster if match.group(1) is not None else None
+        client.close()
+        if cluster_ is not None:
+            cluster_.close()
 
 
 def method_list(values, allowed, name="--method"):

@@ -2,7 +2,7 @@
 (every instance of a benchmark's CSV); the work is in :mod:`robustopt.vnnlib.runner`."""
 from __future__ import annotations
 
-from .options import CommandError, add_run_options, emit, setup
+from .options import CommandError, add_cluster_options, add_run_options, cluster, emit, setup
 
 METHOD_HELP = ("auto (attack, CROWN, alpha-CROWN, then the exact MILP; the default), milp, or one incomplete "
                "method: ibp, crown, alpha-crown, dual, lp")
@@ -44,10 +44,9 @@ def add_parser(subparsers):
     many.add_argument("--root", default=None, metavar="DIR",
                       help="folder the CSV's paths are relative to (default: the CSV's folder)")
     many.add_argument("--method", default="auto", choices=METHODS, metavar="M", help=METHOD_HELP)
-    many.add_argument("--jobs", type=int, default=1, metavar="K",
-                      help="instances verified at once, in K processes of one thread each (-1: every CPU; "
-                           "default 1)")
-    add_run_options(many, out_help="write the results CSV (onnx,vnnlib,result,seconds) here")
+    add_cluster_options(many)
+    add_run_options(many, out_help="the results CSV (onnx,vnnlib,result,seconds,message), one row appended as each "
+                                   "instance finishes")
     many.set_defaults(run=run_many)
     return one
 
@@ -70,15 +69,15 @@ def run_many(args):
     from ..vnnlib.runner import run_csv
 
     setup(args)
-    if args.jobs == 0 or args.jobs < -1:
-        raise CommandError(f"--jobs must be >= 1 or -1 (every CPU); got {args.jobs}")
     if args.device not in (None, "cpu"):
         raise CommandError("vnncomp runs on the CPU (the solvers do); drop --device")
-    rows = run_csv(args.instances, root=args.root, out=args.out, n_jobs=args.jobs, method=args.method,
-                   progress=args.progress, seed=args.seed)
-    counts = {r: sum(row["result"] == r for row in rows) for r in ("sat", "unsat", "timeout", "unknown")}
-    payload = {"instances": args.instances, "method": args.method, "jobs": args.jobs, "counts": counts,
-               "results": [{k: row[k] for k in ("onnx", "vnnlib", "result", "seconds", "decided_by")}
+    with cluster(args) as client:
+        rows = run_csv(args.instances, root=args.root, out=args.out, n_jobs=args.jobs, method=args.method,
+                       progress=args.progress, client=client, resume=args.resume, seed=args.seed)
+    counts = {r: sum(row["result"] == r for row in rows) for r in ("sat", "unsat", "timeout", "unknown", "error")}
+    payload = {"instances": args.instances, "method": args.method, "jobs": args.jobs, "scheduler": args.scheduler,
+               "counts": counts,
+               "results": [{k: row[k] for k in ("onnx", "vnnlib", "result", "seconds", "decided_by", "message")}
                            for row in rows]}
     emit(args, payload, _table(rows, counts))
     return 0
@@ -106,6 +105,6 @@ def _table(rows, counts):
     onnx_width = max(len(row["onnx"]) for row in rows)
     lines = [f"{'onnx':{onnx_width}s}  {'vnnlib':{width}s}  {'result':7s}  {'seconds':>8s}"]
     lines += [f"{row['onnx']:{onnx_width}s}  {row['vnnlib']:{width}s}  {row['result']:7s}  {row['seconds']:8.2f}"
-              for row in rows]
+              + (f"  {row['message']}" if row["message"] else "") for row in rows]
     lines.append(", ".join(f"{n} {r}" for r, n in counts.items()) + f" of {len(rows)}")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from .._validation import check_choice, check_norm, check_positive_int, reject_u
 from ..verify import METHODS, get_method
 from ..verify.api import DEFAULT_BATCH_SIZE, Problem, labels_tensor, margin_spec
 from ..verify.methods import UNSETTLED, check_intermediate, tightest
+from ..verify.parallel import TaskError, check_client, check_n_jobs, run_tasks
 from .chain import check_chain
 from .result import Comparison
 
@@ -106,21 +107,38 @@ def _method_options(method, options, time_limit, intermediate):
     return opts
 
 
-def _run_bounds(method, problem, C, opts, batch_size):
-    """One bound method on every example: a dict with ``lower`` rows (n, k-1), solver ``status`` (n,),
-    ``seconds`` (n,), the ``intermediate`` bounds it used, ``replayed`` rows (n, k-1) of its minimizers'
-    values (NaN where none) and the MILP's ``margin`` (n,): its gap (zeros for other methods)."""
+def _bounds_chunk(shared, examples):
+    """Runs anywhere (:func:`~robustopt.verify.parallel.run_tasks`): one method on a batch of examples."""
+    problem, C, method, opts = shared
+    idx = torch.tensor(examples, dtype=torch.long, device=problem.x.device)
+    tic = time.perf_counter()
+    res = problem.bounds(C, method, idx, dict(opts, return_intermediate=True))
+    return res, time.perf_counter() - tic
+
+
+def _raise_failed(outcome, what):
+    """compare has no per-example error state: a failed task stops it, with the worker's message."""
+    if isinstance(outcome, TaskError):
+        raise RuntimeError(f"compare: {what} failed: {outcome.message}")
+    return outcome
+
+
+def _run_bounds(method, problem, C, opts, batch_size, where):
+    """One bound method on every example, a task per batch (``where``: run_tasks' ``n_jobs`` / ``client``):
+    a dict with ``lower`` rows (n, k-1), solver ``status`` (n,), ``seconds`` (n,), the ``intermediate``
+    bounds it used, ``replayed`` rows (n, k-1) of its minimizers' values (NaN where none) and the MILP's
+    ``margin`` (n,): its gap (zeros for other methods)."""
     net, n = problem.net, problem.n
     opts = dict(opts)
     if opts.get("intermediate") is not None:
         opts["intermediate"] = check_intermediate(net, opts["intermediate"], n)
+    batches = [idx.tolist() for idx in problem.batches(batch_size)]
+    results = dict(run_tasks(_bounds_chunk, (problem, C, method, opts), batches, desc=method, **where))
     parts = {"lower": [], "status": [], "inter": [], "replayed": [], "margin": []}
     seconds = np.zeros(n)
-    for idx in problem.batches(batch_size):
-        tic = time.perf_counter()
-        res = problem.bounds(C, method, idx, dict(opts, return_intermediate=True))
-        spent = time.perf_counter() - tic
-        rows, info = idx.cpu().numpy(), res.info or {}
+    for b, rows in enumerate(batches):
+        res, spent = _raise_failed(results[b], method)
+        info = res.info or {}
         per = info.get("seconds")
         seconds[rows] = per if per is not None and len(per) == len(rows) else spent / len(rows)
         parts["lower"].append(res.lower)
@@ -138,12 +156,26 @@ def _run_bounds(method, problem, C, opts, batch_size):
             "margin": np.concatenate(parts["margin"])}
 
 
-def _run_exact(problem, C, opts, lowers, upper_rows):
-    """The MILP on the rows that can attain each example's minimum margin: a row whose best lower bound so far
-    exceeds the smallest margin seen at a point cannot be the minimum, so it keeps that (proven) bound.
-    Returns :func:`_run_bounds`'s dict plus ``solved`` (n, k-1), the rows the MILP solved."""
+def _exact_example(shared, task):
+    """Runs anywhere: the MILP on example i's candidate rows of C."""
     from ..verify.methods import run_method
 
+    problem, C, opts, inter = shared
+    i, rows = task
+    idx = torch.tensor([i], device=problem.x.device)
+    example_opts = dict(opts)
+    if inter is not None:
+        example_opts["intermediate"] = [(lo[idx], hi[idx]) for lo, hi in inter]
+    tic = time.perf_counter()
+    res = run_method(EXACT, problem.net.with_spec(C[i:i + 1, rows]), problem.x[idx], problem.ball(idx),
+                     compute_upper=False, **example_opts)
+    return res, time.perf_counter() - tic
+
+
+def _run_exact(problem, C, opts, lowers, upper_rows, where):
+    """The MILP on the rows that can attain each example's minimum margin, a task per example: a row whose best
+    lower bound so far exceeds the smallest margin seen at a point cannot be the minimum, so it keeps that
+    (proven) bound. Returns :func:`_run_bounds`'s dict plus ``solved`` (n, k-1), the rows the MILP solved."""
     net, n, m = problem.net, problem.n, C.shape[1]
     cheap = torch.full((n, m), -float("inf"), dtype=net.dtype, device=net.device)
     for low in lowers.values():
@@ -154,16 +186,10 @@ def _run_exact(problem, C, opts, lowers, upper_rows):
     out = {"lower": cheap.clone(), "status": np.full(n, "optimal", dtype=object), "seconds": np.zeros(n),
            "intermediate": inter, "replayed": torch.full_like(cheap, float("nan")), "margin": np.zeros(n),
            "solved": candidate.cpu().numpy()}
-    for i in range(n):
-        rows = torch.nonzero(candidate[i]).flatten()
-        idx = torch.tensor([i], device=net.device)
-        example_opts = dict(opts)
-        if inter is not None:
-            example_opts["intermediate"] = [(lo[idx], hi[idx]) for lo, hi in inter]
-        tic = time.perf_counter()
-        res = run_method(EXACT, net.with_spec(C[i:i + 1, rows]), problem.x[idx], problem.ball(idx),
-                         compute_upper=False, **example_opts)
-        out["seconds"][i] = time.perf_counter() - tic
+    tasks = [(i, torch.nonzero(candidate[i]).flatten()) for i in range(n)]
+    for t, outcome in run_tasks(_exact_example, (problem, C, opts, inter), tasks, desc=EXACT, **where):
+        (i, rows), (res, spent) = tasks[t], _raise_failed(outcome, f"{EXACT} on example {t}")
+        out["seconds"][i] = spent
         out["lower"][i, rows] = torch.maximum(cheap[i, rows], res.lower[0])
         out["status"][i] = res.status[0]
         out["replayed"][i, rows] = torch.as_tensor(res.info["replayed"][0], dtype=net.dtype, device=net.device)
@@ -185,7 +211,8 @@ def _verdict(lower, upper, solver_status):
 def compare(model, X, y, eps, methods=DEFAULT_METHODS, norm="inf", lower=0.0, upper=1.0, *, attack_steps=100,
             attack_restarts=2, time_limit=None, exact="min", shared_intermediate=True, options=None, atol=1e-5,
             rtol=1e-5,
-            batch_size=DEFAULT_BATCH_SIZE, seed=0, progress=True, dtype=torch.float64) -> Comparison:
+            batch_size=DEFAULT_BATCH_SIZE, seed=0, progress=True, dtype=torch.float64, n_jobs=1,
+            client=None) -> Comparison:
     r"""Attacks, exact values and certified bounds on the same examples, side by side.
 
     Parameters
@@ -208,6 +235,9 @@ def compare(model, X, y, eps, methods=DEFAULT_METHODS, norm="inf", lower=0.0, up
         intermediate bounds of the closed-form methods compared, so that the LP dominates each of them
         (their time is counted in those methods' columns). Without it a solver uses its own default
         (the tightest of IBP and CROWN).
+    n_jobs, client : where the bound methods run: ``n_jobs`` local processes or a ``dask.distributed.Client``
+        (not both); a task per batch of ``batch_size`` examples, a task per example for the exact MILP. The
+        results do not depend on it where no time limit binds (the attacks run here).
     options : ``{method: {option: value}}`` passed on to that method (e.g. ``{"alpha-crown": {"steps": 100}}``).
     atol, rtol : tolerance of the chain check: a relation ``a <= b`` is violated when
         ``a - b > atol + rtol * max(|a|, |b|)`` (plus the MILP's own gap where it is involved).
@@ -216,6 +246,7 @@ def compare(model, X, y, eps, methods=DEFAULT_METHODS, norm="inf", lower=0.0, up
     soundness bug: it is reported with a warning and in the summary, never corrected.
     """
     attacks, bound_methods = _split_methods(methods)
+    where = {"n_jobs": check_n_jobs(n_jobs), "client": check_client(client, n_jobs)}
     options = dict(options or {})
     for name, opts in options.items():
         if name not in bound_methods:
@@ -263,10 +294,10 @@ def compare(model, X, y, eps, methods=DEFAULT_METHODS, norm="inf", lower=0.0, up
                 used_inter = tightest(*inter.values())
             opts = _method_options(name, options, time_limit, used_inter if solver else None)
             if name == EXACT and exact == "min":
-                out = _run_exact(problem, C, opts, lowers, upper_rows)
+                out = _run_exact(problem, C, opts, lowers, upper_rows, where)
                 milp_solved = out["solved"]
             else:
-                out = _run_bounds(name, problem, C, opts, batch_size)
+                out = _run_bounds(name, problem, C, opts, batch_size, where)
             lowers[name], status[name], seconds[name] = out["lower"], out["status"], out["seconds"]
             if not solver and out["intermediate"] is not None and "intermediate" not in options.get(name, {}):
                 inter[name] = out["intermediate"]

@@ -7,7 +7,8 @@ loss), then the bound method on the margins. An example is
 - ``"falsified"`` when a point of the ball with margin <= 0 was found, re-checked by a forward pass
   of the canonical network in ``dtype`` (the point is in ``counterexample``);
 - ``"certified"`` when the method's lower bound on every margin is > 0;
-- ``"unknown"`` otherwise (including solver failure or time-out).
+- ``"unknown"`` otherwise (including solver failure or time-out);
+- ``"error"`` when its task raised (the message is in ``errors``; the other examples go on).
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import check_eps
-from .api import DEFAULT_BATCH_SIZE, Problem, _check_options, labels_tensor, margin_bounds, margin_spec, spread_margins
-from .methods import UNSETTLED, get_method
-from .parallel import check_n_jobs, solve_examples
+from .._validation import check_eps, reject_unknown_options
+from .api import DEFAULT_BATCH_SIZE, Problem, _check_options, labels_tensor, margin_bounds, margin_spec
+from .certify_tasks import Job, chunk_task, error_row, example_task, fingerprint, make_row, screen_task
+from .journal import Journal
+from .methods import get_method
+from .parallel import TaskError, check_client, check_n_jobs, run_tasks, scattered
 
 __all__ = ["CertifyResult", "certify", "certified_radius"]
 
@@ -32,11 +34,12 @@ ATTACK_STEPS = 20
 
 @dataclass
 class CertifyResult:
-    """Verdicts of :func:`certify`. ``status`` (n,) in {"certified", "falsified", "unknown"};
+    """Verdicts of :func:`certify`. ``status`` (n,) in {"certified", "falsified", "unknown", "error"};
     ``margin_lower`` (n,) = min over j of ``margin_bounds`` (n, k) (+inf in column y; -inf where the
     method was not run, e.g. a solver on an example the attack had already falsified);
     ``counterexample``: index -> point of the ball (shape of one example) with margin <= 0;
-    ``seconds``: total wall time, ``seconds_per_example`` (n,): each batch's time split evenly."""
+    ``errors``: index -> message of the examples whose task failed ("error");
+    ``seconds``: total wall time, ``seconds_per_example`` (n,): each task's time split evenly."""
 
     status: np.ndarray
     margin_lower: torch.Tensor
@@ -46,50 +49,15 @@ class CertifyResult:
     seconds: float
     seconds_per_example: np.ndarray = field(repr=False)
     method: str = "crown"
+    errors: dict = field(default_factory=dict)
 
     @property
     def counts(self) -> dict:
-        return {s: int((self.status == s).sum()) for s in ("certified", "falsified", "unknown")}
+        return {s: int((self.status == s).sum()) for s in ("certified", "falsified", "unknown", "error")}
 
     def __repr__(self):
         return (f"CertifyResult(method={self.method!r}, n={len(self.status)}, {self.counts}, "
                 f"certified_accuracy={self.certified_accuracy:.4f}, seconds={self.seconds:.3f})")
-
-
-def _margins_at(net, points, y):
-    """min_{j != y} f_y - f_j at ``points`` (n, d) by a forward pass of the canonical network."""
-    logits = net(points)
-    own = logits.gather(1, y.unsqueeze(1))
-    other = logits.scatter(1, y.unsqueeze(1), float("-inf"))
-    return (own[:, 0] - other.amax(1))
-
-
-class _AsModule(nn.Module):
-    """A canonical Network as an nn.Module, so that the attack can run on it."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.anchor = nn.Parameter(torch.zeros(0, dtype=net.dtype, device=net.device), requires_grad=False)
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def _attack(model, problem, idx, y, steps):
-    """PGD on the examples idx; returns the points (n_idx, d) in the network's dtype."""
-    from ..attacks import pgd  # imported here: the attacks module is optional for bounding
-
-    if not isinstance(model, nn.Module):
-        model = _AsModule(problem.net)
-    param = next(iter(model.parameters()), None)
-    kw = dict(dtype=param.dtype if param is not None else torch.float32, device=problem.net.device)
-    shape = (len(idx), *problem.net.in_shape)
-    box = lambda b: b[idx].to(**kw).view(shape) if isinstance(b, torch.Tensor) else b
-    eps = problem.eps[idx].to(**kw) if isinstance(problem.eps, torch.Tensor) else problem.eps
-    result = pgd(model, problem.x[idx].to(**kw).view(shape), y[idx], eps, norm=problem.norm, steps=steps,
-                 loss="margin", lower=box(problem.lower), upper=box(problem.upper), seed=0)
-    return result.x_adv.reshape(len(idx), -1).to(dtype=problem.net.dtype)
 
 
 def _method_options(module, options, time_limit):
@@ -103,71 +71,136 @@ def _method_options(module, options, time_limit):
     return options
 
 
+def _open_journal(out, resume, job, batch_size, dtype):
+    """The ``out`` JSON-lines file: a header that identifies the run, then one row per (method, example)."""
+    if out is None:
+        if resume:
+            raise ValueError("resume=True needs out= (the JSON-lines file of the run to continue)")
+        return None
+    header = {"robustopt": "certify", "fingerprint": fingerprint(job.model, job.problem, job.y), "n": job.problem.n,
+              "norm": str(job.problem.norm), "attack": job.attack, "attack_steps": job.attack_steps,
+              "batch_size": batch_size, "dtype": str(dtype).replace("torch.", "")}
+    return Journal(out, ("method", "example"), header, resume=resume, scope={"method": job.method})
+
+
+def _solver_rows(job, batches, done, accept, n_jobs, client, progress):
+    """A screening task per batch (clean point and PGD, batched), then a task per example left open (one solver
+    program each)."""
+    where = dict(n_jobs=n_jobs, client=client, progress=progress)
+    with scattered(job, client) as shared:  # sent to the workers once for both kinds of task
+        _screen_then_solve(job, shared, [idx.tolist() for idx in batches], done, accept, where)
+
+
+def _screen_then_solve(job, shared, screens, done, accept, where):
+    tasks, share = [], {}
+    for t, outcome in run_tasks(screen_task, shared, screens, desc=f"certify ({job.method}): attack", **where):
+        examples = [i for i in screens[t] if i not in done]
+        if isinstance(outcome, TaskError):
+            for i in examples:
+                accept(error_row(job, i, outcome.message))
+            continue
+        found, spent = outcome
+        for i in examples:
+            if i in found:  # the solver is not run: no bound, -inf (+inf at the label)
+                bounds = torch.full((job.problem.net.out_features,), float("-inf"))
+                bounds[int(job.y[i])] = float("inf")
+                accept(make_row(job, i, bounds, torch.tensor(found[i], dtype=torch.float64), None,
+                                spent / len(screens[t])))
+            else:
+                tasks.append(i)
+                share[i] = spent / len(screens[t])
+    for t, outcome in run_tasks(example_task, shared, tasks, desc=f"certify ({job.method})", **where):
+        i = tasks[t]
+        row = error_row(job, i, outcome.message) if isinstance(outcome, TaskError) else outcome
+        accept(dict(row, seconds=row["seconds"] + share[i]))
+
+
+def _chunk_rows(job, batches, done, accept, n_jobs, client, progress):
+    """One task per batch: screen and bound it (the torch methods are batched)."""
+    tasks = [idx.tolist() for idx in batches]
+    for t, outcome in run_tasks(chunk_task, job, tasks, n_jobs=n_jobs, client=client, progress=progress,
+                                desc=f"certify ({job.method})"):
+        if isinstance(outcome, TaskError):
+            outcome = [error_row(job, i, outcome.message) for i in tasks[t]]
+        for row in outcome:
+            if row["example"] not in done:
+                accept(row)
+
+
+def _result(job, rows, start):
+    """A CertifyResult from the rows (dicts as written to the journal) of every example."""
+    net, n = job.problem.net, job.problem.n
+    like = dict(dtype=net.dtype, device=net.device)
+    ordered = [rows[i] for i in range(n)]
+    bounds = torch.tensor([[float(v) for v in r["margin_bounds"]] for r in ordered], **like).reshape(n, -1)
+    status = np.array([r["status"] for r in ordered], dtype=str).reshape(n)
+    counterexample = {i: torch.tensor(r["counterexample"], **like).view(net.in_shape)
+                      for i, r in enumerate(ordered) if r["counterexample"] is not None}
+    margin_lower = bounds.amin(1) if n else torch.zeros(0, **like)
+    conflict = [i for i in range(n) if status[i] == "falsified" and margin_lower[i] > 0]
+    if conflict:  # a proven bound above a real point's margin: rounding at a tie, or a bug
+        warnings.warn(f"certify: {len(conflict)} example(s) have a margin lower bound > 0 and a counterexample "
+                      f"(indices {conflict[:10]}); reported as falsified")
+    errors = {i: r.get("message", "") for i, r in enumerate(ordered) if r["status"] == "error"}
+    if errors:
+        first = next(iter(errors.items()))
+        warnings.warn(f"certify: {len(errors)} example(s) failed and are reported as 'error' (example {first[0]}: "
+                      f"{first[1]})")
+    return CertifyResult(status=status, margin_lower=margin_lower, margin_bounds=bounds, counterexample=counterexample,
+                         certified_accuracy=float(np.mean(status == "certified")) if n else 0.0,
+                         seconds=time.perf_counter() - start,
+                         seconds_per_example=np.array([float(r["seconds"]) for r in ordered]), method=job.method,
+                         errors=errors)
+
+
 def certify(model, X, y, eps, norm="inf", method="crown", lower=0.0, upper=1.0, *, batch_size=DEFAULT_BATCH_SIZE,
             time_limit=None, progress=True, attack=True, attack_steps=ATTACK_STEPS, dtype=torch.float64,
-            n_jobs=1, **options) -> CertifyResult:
+            n_jobs=1, client=None, out=None, resume=False, **options) -> CertifyResult:
     """Certify, falsify or leave unknown each example (see the module docstring).
 
     ``time_limit``: seconds per example for the methods that take it. ``attack=False`` skips PGD
-    (``attack_steps`` sets its length). ``n_jobs``: processes for the solver methods (``lp``,
-    ``lp-cvxpy``, ``milp``), which then run example by example (:mod:`.parallel`; the same results for
-    any ``n_jobs`` when no time limit binds); the torch methods stay batched in this process. Other
-    keyword options go to the method.
+    (``attack_steps`` sets its length). Other keyword options go to the method.
+
+    Where the work runs: ``n_jobs`` local processes, or ``client``, a ``dask.distributed.Client`` (not both).
+    The solver methods (``lp``, ``lp-cvxpy``, ``milp``) send one task per example that the attack left
+    open; the torch methods one task per batch of ``batch_size`` examples. The results do not depend on
+    where they ran, as long as no time limit binds. An example whose task fails is ``"error"`` (its message
+    in ``errors``) and the run goes on.
+
+    ``out``: a JSON-lines file; each example's row is appended and flushed as soon as it is known (a header
+    line identifies the run: network, data, ball, attack, batch size). ``resume=True`` keeps the rows of
+    this method already in ``out`` and computes only the others; several methods may share one file.
     """
     start = time.perf_counter()
     n_jobs = check_n_jobs(n_jobs)
+    client = check_client(client, n_jobs)
     _check_options(options)
     module = get_method(method)
     options = _method_options(module, options, time_limit)
+    reject_unknown_options(options, f"method {method!r}", module.OPTIONS)  # here, not as an error in every task
     problem = Problem(model, X, eps, norm, lower, upper, dtype)
+    if (n_jobs > 1 or client is not None) and problem.net.device.type != "cpu":
+        raise ValueError("n_jobs > 1 and client= run on CPU workers: build the problem on the CPU (the network is "
+                         f"on {problem.net.device})")
     y = labels_tensor(y, problem)
-    n, k, net = problem.n, problem.net.out_features, problem.net
-    falsified = torch.zeros(n, dtype=torch.bool, device=net.device)
-    unsettled = torch.zeros(n, dtype=torch.bool, device=net.device)  # a solver timed out or failed
-    bounds = torch.full((n, k), float("-inf"), dtype=net.dtype, device=net.device)
-    counterexample, seconds = {}, np.zeros(n)
+    job = Job(model, problem, y, margin_spec(y, problem.net.out_features, problem.net.dtype), method, options,
+              bool(attack), attack_steps)
+    journal = _open_journal(out, resume, job, batch_size, dtype)
+    rows = {int(key[1]): row for key, row in journal.done.items()} if journal else {}
 
-    def record(idx, points, ball):
-        ok = (_margins_at(net, points, y[idx]) <= 0) & ball.contains(points, problem.x[idx]) & ~falsified[idx]
-        for i in torch.nonzero(ok).flatten().tolist():
-            counterexample[int(idx[i])] = points[i].view(net.in_shape).clone()
-        falsified[idx[ok]] = True
+    def accept(row):
+        rows[row["example"]] = row
+        if journal is not None:
+            journal.write({"method": method, **row, "time_limit": time_limit})
 
-    spec = margin_spec(y, k, net.dtype)
-    batches = problem.batches(batch_size)
-    for idx in tqdm(batches, desc=f"certify ({method})", disable=not progress):
-        tic = time.perf_counter()
-        ball = problem.ball(idx)
-        record(idx, problem.x[idx], ball)  # misclassified or tied: the clean point is a counterexample
-        if attack:
-            open_ = idx[~falsified[idx]]
-            if len(open_):
-                record(open_, _attack(model, problem, open_, y, attack_steps), problem.ball(open_))
-        # iterative methods and solvers only run on open examples (a falsified one could never settle them)
-        run = idx[~falsified[idx]] if module.SOLVER or "stop_at" in module.OPTIONS else idx
-        if len(run):
-            res = (solve_examples(problem, spec, method, run, options, n_jobs, progress) if module.SOLVER
-                   else problem.bounds(spec, method, run, options))
-            bounds[run] = spread_margins(res.lower, y[run], k)
-            if res.status is not None:
-                unsettled[run] = torch.as_tensor(np.isin(res.status, UNSETTLED), device=net.device)
-            if res.points is not None:  # e.g. the MILP's minimizers: keep those that really break the margin
-                pts = res.points.to(net.dtype)
-                for r in range(pts.shape[1]):
-                    has = ~torch.isnan(pts[:, r]).any(1)
-                    if has.any():
-                        record(run[has], pts[has, r], problem.ball(run[has]))
-        seconds[idx.cpu().numpy()] = (time.perf_counter() - tic) / len(idx)
-    margin_lower = bounds.amin(1)
-    conflict = (margin_lower > 0) & falsified
-    if conflict.any():  # a proven bound above a real point's margin: rounding at a tie, or a bug
-        warnings.warn(f"certify: {int(conflict.sum())} example(s) have a margin lower bound > 0 and a counterexample "
-                      f"(indices {torch.nonzero(conflict).flatten().tolist()[:10]}); reported as falsified")
-    certified = (margin_lower > 0) & ~falsified & ~unsettled
-    status = np.where(falsified.cpu().numpy(), "falsified", np.where(certified.cpu().numpy(), "certified", "unknown"))
-    return CertifyResult(status=status.astype(str), margin_lower=margin_lower, margin_bounds=bounds,
-                         counterexample=counterexample, certified_accuracy=float(certified.double().mean()) if n else 0.0,
-                         seconds=time.perf_counter() - start, seconds_per_example=seconds, method=method)
+    batches = [idx for idx in problem.batches(batch_size) if any(int(i) not in rows for i in idx)]
+    try:
+        collect = _solver_rows if module.SOLVER else _chunk_rows
+        collect(job, batches, dict(rows), accept, n_jobs, client, progress)
+    finally:
+        if journal is not None:
+            journal.close()
+    return _result(job, rows, start)
 
 
 def _largest_radius(problem):

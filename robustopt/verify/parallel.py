@@ -1,32 +1,51 @@
-"""Solver methods (LP, MILP) example by example, over ``n_jobs`` worker processes.
+"""One way to run independent tasks: in this process, over ``n_jobs`` local processes, or on a Dask cluster.
 
-The per-example work of the solver methods (``lp``, ``lp-cvxpy``, ``milp``: one program per example) is
-independent across examples, so :func:`solve_examples` hands one example at a time to a pool of
-processes (joblib's ``loky`` backend: no ``if __name__ == "__main__"`` guard needed, workers reused
-across calls). Each task carries the canonical network pickled to bytes (its weights by value, no
-closures), the example's centre, radius, box and specification rows, and returns numpy arrays. Workers
-run torch with one thread.
+:func:`run_tasks` calls ``function(shared, task)`` for every task and yields ``(t, outcome)`` as tasks
+finish (in any order). ``shared`` (the network, the data, the settings) travels to each worker **once**:
 
-``n_jobs=1`` runs the very same per-example function in this process, so the results do not depend on
-``n_jobs`` (bit for bit, as long as no time limit binds): the IBP/CROWN preamble of a solver rounds
-differently in a batch of one than in a larger batch, which is why the examples are never batched here.
-The torch methods (IBP, CROWN, alpha-CROWN, dual) stay batched in one process and never come here.
+- ``n_jobs=1`` (and no client): in this process, in order;
+- ``n_jobs=k``: joblib's ``loky`` processes on this machine (``shared`` is pickled once and each process
+  unpickles it once, keyed by its bytes);
+- ``client=``: a ``dask.distributed.Client``. ``shared`` is scattered to every worker (``broadcast=True``),
+  and the tasks are Dask futures that depend on it. The scheduler reruns the task of a worker that dies on
+  another worker (up to ``distributed.scheduler.allowed-failures`` times), so nothing is lost or counted
+  twice. Dask futures rather than joblib's Dask backend: they let the shared data be scattered once and
+  yield results as they finish; ``bench/scale.py`` measures both (per-task overhead).
+
+A task that raises, or whose workers all died, yields a :class:`TaskError` with the message instead of
+stopping the run. Workers run torch with one thread. The same ``function`` runs in every mode, so the
+outcomes do not depend on the mode (bit for bit, where no time limit binds).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import uuid
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..sets import Ball
-from .methods import Bounds, run_method
+__all__ = ["run_tasks", "scattered", "TaskError", "check_n_jobs", "check_client", "require_distributed", "worker_pool",
+           "local_client"]
 
-__all__ = ["solve_examples", "check_n_jobs", "worker_pool"]
+_CACHE = {}  # pickled shared object -> the object, per loky worker process
+CLUSTER_EXTRA = "pip install 'robustopt[cluster]' (or pip install 'dask[distributed]')"
 
-_CACHE = {}  # network bytes -> Network, per worker process
+
+class TaskError:
+    """A task that failed: ``message`` is ``"ExceptionType: text"``."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __repr__(self):
+        return f"TaskError({self.message!r})"
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split()) or type(err).__name__}"
 
 
 def check_n_jobs(n_jobs) -> int:
@@ -36,6 +55,39 @@ def check_n_jobs(n_jobs) -> int:
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or (n_jobs < 1 and n_jobs != -1):
         raise ValueError(f"n_jobs must be an int >= 1, -1 (every CPU) or None (1); got {n_jobs!r}")
     return (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
+
+
+def require_distributed():
+    """The ``distributed`` module, or an ImportError naming the ``cluster`` extra."""
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError(f"a Dask cluster (client= / --scheduler) needs dask.distributed: {CLUSTER_EXTRA}") \
+            from None
+    return distributed
+
+
+def check_client(client, n_jobs=1):
+    """``client`` is None or a ``dask.distributed.Client``; giving both it and ``n_jobs > 1`` is an error."""
+    if client is None:
+        return None
+    distributed = require_distributed()
+    if not isinstance(client, distributed.Client):
+        raise ValueError(f"client must be a dask.distributed.Client; got {type(client).__name__}")
+    if check_n_jobs(n_jobs) != 1:
+        raise ValueError(f"give n_jobs (local processes) or client (a Dask cluster), not both; got n_jobs={n_jobs}")
+    return client
+
+
+def local_client(workers: int):
+    """A ``Client`` on a new ``LocalCluster`` of ``workers`` processes with one thread each, which import the
+    same robustopt as this process (close the client, then ``client.cluster``, after)."""
+    distributed = require_distributed()
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
+    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", env={"PYTHONPATH": path, "OMP_NUM_THREADS": "1"})
+    return distributed.Client(cluster)
 
 
 def worker_pool(n_jobs):
@@ -48,85 +100,83 @@ def worker_pool(n_jobs):
         raise ValueError(f"n_jobs > 1 needs joblib >= 1.4 (installed: {joblib.__version__}): {err}") from None
 
 
-def _pick(value, i):
-    """Row i of a per-example tensor (kept 2-D), or the scalar / None as is."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0:
-        return value[i:i + 1]
-    return value
+def _guarded(function, shared, t, task):
+    try:
+        return t, function(shared, task)
+    except Exception as err:  # recorded as this task's error; the run goes on
+        return t, TaskError(_describe(err))
 
 
-def _numpy(value):
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
-
-
-def _task(problem, spec, i, options):
-    """Everything one example needs, as numpy arrays and plain values."""
-    own = dict(options)
-    if own.get("intermediate") is not None:
-        own["intermediate"] = [(_numpy(lo[i:i + 1]), _numpy(hi[i:i + 1])) for lo, hi in own["intermediate"]]
-    C = spec if spec.dim() == 2 else spec[i]
-    return (_numpy(problem.x[i:i + 1]), _numpy(_pick(problem.eps, i)), problem.norm,
-            _numpy(_pick(problem.lower, i)), _numpy(_pick(problem.upper, i)), _numpy(C), own)
-
-
-def _solve(net, method, task):
-    """Solve one example: (lower (m,), points (m, d) or None, status) as numpy."""
-    x, eps, norm, lower, upper, C, options = task
-    like = dict(dtype=net.dtype, device=net.device)
-    as_t = lambda v: torch.as_tensor(v, **like) if isinstance(v, np.ndarray) else v
-    if options.get("intermediate") is not None:
-        options = dict(options, intermediate=[(as_t(lo), as_t(hi)) for lo, hi in options["intermediate"]])
-    eps = float(eps) if np.ndim(eps) == 0 else as_t(eps)
-    ball = Ball(eps, norm, as_t(lower), as_t(upper))
-    res = run_method(method, net.with_spec(as_t(C)), as_t(x), ball, compute_upper=False, **options)
-    points = None if res.points is None else _numpy(res.points[0])
-    status = None if res.status is None else str(res.status[0])
-    return _numpy(res.lower[0]), points, status
-
-
-def _worker(blob, method, index, task):
-    """Runs in a worker process: one thread for torch, the network unpickled once per process."""
+def _in_loky(function, blob, t, task):
     torch.set_num_threads(1)
-    net = _CACHE.get(blob)
-    if net is None:
+    shared = _CACHE.get(blob)
+    if shared is None:
         _CACHE.clear()
-        net = _CACHE[blob] = pickle.loads(blob)
-    return index, _solve(net, method, task)
+        shared = _CACHE[blob] = pickle.loads(blob)
+    return _guarded(function, shared, t, task)
 
 
-def solve_examples(problem, spec, method, idx, options, n_jobs=1, progress=False) -> Bounds:
-    """Lower bounds of solver ``method`` on ``spec`` (``(m, k)`` or ``(n, m, k)``) for the examples ``idx`` of
-    a :class:`~.api.Problem`, one example at a time, over ``n_jobs`` processes. Returns :class:`Bounds` with
-    ``lower`` (len(idx), m), ``points`` (len(idx), m, d) (NaN where none) and ``status`` (len(idx),)."""
-    n_jobs = check_n_jobs(n_jobs)
-    net = problem.net
-    order = [int(i) for i in idx]
-    tasks = [_task(problem, spec, i, options) for i in order]
-    results = [None] * len(order)
-    bar = tqdm(total=len(order), desc=f"{method} ({n_jobs} job{'s' if n_jobs > 1 else ''})", leave=False,
-               disable=not progress)
-    with bar:
-        if n_jobs == 1 or len(order) == 1:
-            for t, task in enumerate(tasks):
-                results[t] = _solve(net, method, task)
-                bar.update()
-        else:
-            if net.device.type != "cpu":
-                raise ValueError("n_jobs > 1 runs the solvers in CPU processes: build the problem on the CPU "
-                                 f"(the network is on {net.device})")
+def _in_dask(function, shared, t, task):
+    torch.set_num_threads(1)
+    return _guarded(function, shared, t, task)
+
+
+def _dask_outcomes(client, function, shared, tasks):
+    distributed = require_distributed()
+    own = not isinstance(shared, distributed.Future)  # else: scattered already, by :func:`scattered`
+    shared_future = client.scatter(shared, broadcast=True, hash=False) if own else shared
+    run = uuid.uuid4().hex[:8]
+    futures = client.map(_in_dask, [function] * len(tasks), [shared_future] * len(tasks), range(len(tasks)), tasks,
+                         pure=False, key=[f"robustopt-{function.__name__}-{run}-{t}" for t in range(len(tasks))])
+    index = {future.key: t for t, future in enumerate(futures)}
+    try:
+        # the results of all the futures that finished meanwhile in one round trip, not one per future
+        for batch in distributed.as_completed(futures).batches():
+            failed = [f for f in batch if f.status != "finished"]  # e.g. KilledWorker: its workers died too often
+            finished = [f for f in batch if f.status == "finished"]
+            yield from client.gather(finished)
+            for future in failed:
+                yield index[future.key], TaskError(_describe(future.exception()))
+            for future in batch:
+                future.release()
+    finally:
+        client.cancel(futures)
+        if own:
+            client.cancel([shared_future])
+
+
+@contextlib.contextmanager
+def scattered(shared, client=None):
+    """``shared`` sent to every worker of ``client`` once, for several :func:`run_tasks` calls (as is without a
+    client); released afterwards."""
+    if client is None:
+        yield shared
+        return
+    future = client.scatter(shared, broadcast=True, hash=False)
+    try:
+        yield future
+    finally:
+        client.cancel([future])
+
+
+def run_tasks(function, shared, tasks, *, n_jobs=1, client=None, progress=False, desc="tasks"):
+    """Yield ``(t, function(shared, tasks[t]))`` for every t as the tasks finish, or ``(t, TaskError)`` for a
+    task that failed. ``function`` must be a module-level function (it is pickled by name); with a client,
+    ``shared`` may be a future from :func:`scattered`."""
+    tasks = list(tasks)
+    n_jobs = min(check_n_jobs(n_jobs), max(len(tasks), 1))
+    client = check_client(client)
+    where = "Dask" if client is not None else f"{n_jobs} job{'s' if n_jobs > 1 else ''}"
+    with tqdm(total=len(tasks), desc=f"{desc} ({where})", disable=not progress, leave=False) as bar:
+        if client is not None and tasks:
+            outcomes = _dask_outcomes(client, function, shared, tasks)
+        elif n_jobs > 1:
             from joblib import delayed
 
-            blob = pickle.dumps(net)
-            for t, result in worker_pool(min(n_jobs, len(order)))(
-                    delayed(_worker)(blob, method, t, task) for t, task in enumerate(tasks)):
-                results[t] = result
-                bar.update()
-    like = dict(dtype=net.dtype, device=net.device)
-    lower = torch.stack([torch.as_tensor(r[0], **like) for r in results]) if results else torch.zeros(0, **like)
-    points = None
-    if any(r[1] is not None for r in results):
-        m, d = lower.shape[1], problem.x.shape[1]
-        points = torch.stack([torch.as_tensor(r[1], **like) if r[1] is not None
-                              else torch.full((m, d), float("nan"), **like) for r in results])
-    status = np.array([r[2] if r[2] is not None else "" for r in results], dtype=str)
-    return Bounds(lower=lower, points=points, status=status)
+            blob = pickle.dumps(shared)
+            outcomes = worker_pool(n_jobs)(delayed(_in_loky)(function, blob, t, task) for t, task in enumerate(tasks))
+        else:
+            outcomes = (_guarded(function, shared, t, task) for t, task in enumerate(tasks))
+        for t, outcome in outcomes:
+            bar.update()
+            yield t, outcome

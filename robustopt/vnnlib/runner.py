@@ -3,8 +3,8 @@
 An instances CSV has one row ``onnx,vnnlib,timeout`` per instance (no header, as VNN-COMP writes it; a
 header line ``onnx,vnnlib,timeout`` is skipped), the paths relative to a root folder (default: the CSV's
 folder). :func:`run_csv` verifies every row with :func:`~robustopt.vnnlib.verify_property` under the
-row's timeout, spreads the instances over ``n_jobs`` processes (one torch thread each; each process
-loads a network once), and writes ``onnx,vnnlib,result,seconds``.
+row's timeout, spreads the instances over ``n_jobs`` processes or a Dask cluster (one torch thread per worker;
+each worker loads a network once), and appends ``onnx,vnnlib,result,seconds,message`` rows as they finish.
 """
 from __future__ import annotations
 
@@ -13,18 +13,16 @@ import os
 import time
 from dataclasses import dataclass
 
-import torch
-from tqdm.auto import tqdm
-
 from ..verify.methods import check_time_limit
-from ..verify.parallel import check_n_jobs, worker_pool
+from ..verify.journal import Journal
+from ..verify.parallel import TaskError, run_tasks
 from .reader import load
 from .verify import DEFAULT_TIME_LIMIT, verify_property
 from .writer import write_result
 
-__all__ = ["Instance", "read_instances", "run_instance", "run_csv", "write_results", "RESULT_COLUMNS"]
+__all__ = ["Instance", "read_instances", "run_instance", "run_csv", "RESULT_COLUMNS"]
 
-RESULT_COLUMNS = ("onnx", "vnnlib", "result", "seconds")
+RESULT_COLUMNS = ("onnx", "vnnlib", "result", "seconds", "message")
 _MODELS = {}  # onnx path -> model, per process
 
 
@@ -98,44 +96,50 @@ def run_instance(onnx_path, vnnlib_path, timeout=DEFAULT_TIME_LIMIT, method="aut
     return report
 
 
-def _run_row(index, inst, method, options, threads):
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return index, run_instance(inst.onnx_path, inst.vnnlib_path, inst.timeout, method, **options)
+def _run_row(shared, inst):
+    method, options = shared
+    return run_instance(inst.onnx_path, inst.vnnlib_path, inst.timeout, method, **options)
 
 
-def run_csv(path, root=None, out=None, n_jobs=1, method="auto", progress=True, **options) -> list:
-    """Verify every instance of the CSV ``path`` (see the module docstring); ``n_jobs`` processes (-1: every
-    CPU). Returns one dict per row, in the CSV's order: ``onnx``, ``vnnlib`` (as written), ``result``,
-    ``seconds``, ``counterexample``, ``decided_by``. Writes the results CSV to ``out`` when given.
+def _row(inst, report) -> dict:
+    if isinstance(report, TaskError):  # the row failed (e.g. a malformed file); the others go on
+        return {"onnx": inst.onnx, "vnnlib": inst.vnnlib, "result": "error", "seconds": 0.0, "counterexample": None,
+                "decided_by": None, "message": report.message}
+    return {"onnx": inst.onnx, "vnnlib": inst.vnnlib, "result": report["result"], "seconds": report["seconds"],
+            "counterexample": report["counterexample"], "decided_by": report["decided_by"], "message": ""}
+
+
+def _from_file(row) -> dict:
+    """A row read back from a results CSV (resumed; its counterexample is not in the CSV)."""
+    return {"onnx": row["onnx"], "vnnlib": row["vnnlib"], "result": row["result"], "seconds": float(row["seconds"]),
+            "counterexample": None, "decided_by": None, "message": row.get("message", "")}
+
+
+def run_csv(path, root=None, out=None, n_jobs=1, method="auto", progress=True, *, client=None, resume=False,
+            **options) -> list:
+    """Verify every instance of the CSV ``path`` (see the module docstring) in this process, in ``n_jobs``
+    processes (-1: every CPU) or on a Dask cluster (``client``, a ``dask.distributed.Client``; every worker
+    must see the files). Returns one dict per row, in the CSV's order: ``onnx``, ``vnnlib`` (as written),
+    ``result`` (sat, unsat, timeout, unknown, or error: the row failed, ``message`` says why), ``seconds``,
+    ``counterexample``, ``decided_by``.
+
+    ``out``: the results CSV (``onnx,vnnlib,result,seconds,message``), one row appended and flushed as each
+    instance finishes; ``resume=True`` keeps the rows already there and runs only the others.
     Other keyword options go to :func:`verify_property`."""
     instances = read_instances(path, root)
-    n_jobs = min(check_n_jobs(n_jobs), len(instances))
-    reports = [None] * len(instances)
-    with tqdm(total=len(instances), desc="vnncomp", disable=not progress) as bar:
-        if n_jobs == 1:
-            results = (_run_row(i, inst, method, options, None) for i, inst in enumerate(instances))
-        else:
-            from joblib import delayed
-
-            results = worker_pool(n_jobs)(delayed(_run_row)(i, inst, method, options, 1)
-                                          for i, inst in enumerate(instances))
-        for i, report in results:
-            reports[i] = report
-            bar.update()
-            bar.set_postfix_str(f"{instances[i].vnnlib}: {report['result']}")
-    rows = [{"onnx": inst.onnx, "vnnlib": inst.vnnlib, "result": rep["result"], "seconds": rep["seconds"],
-             "counterexample": rep["counterexample"], "decided_by": rep["decided_by"]}
-            for inst, rep in zip(instances, reports)]
-    if out is not None:
-        write_results(out, rows)
-    return rows
-
-
-def write_results(path, rows) -> None:
-    """The results CSV: header ``onnx,vnnlib,result,seconds``, seconds with 3 decimals."""
-    with open(os.fspath(path), "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(RESULT_COLUMNS)
-        for row in rows:
-            writer.writerow([row["onnx"], row["vnnlib"], row["result"], f"{row['seconds']:.3f}"])
+    if resume and out is None:
+        raise ValueError("resume=True needs out= (the results CSV of the run to continue)")
+    journal = Journal(out, ("onnx", "vnnlib"), RESULT_COLUMNS, resume=resume) if out is not None else None
+    done = {key: _from_file(row) for key, row in journal.done.items()} if journal else {}
+    todo = [inst for inst in instances if (inst.onnx, inst.vnnlib) not in done]
+    try:
+        for t, report in run_tasks(_run_row, (method, options), todo, n_jobs=n_jobs, client=client,
+                                   progress=progress, desc="vnncomp"):
+            row = _row(todo[t], report)
+            done[row["onnx"], row["vnnlib"]] = row
+            if journal is not None:
+                journal.write(dict(row, seconds=f"{row['seconds']:.3f}"))
+    finally:
+        if journal is not None:
+            journal.close()
+    return [done[inst.onnx, inst.vnnlib] for inst in instances]
