@@ -9,6 +9,8 @@ the ball gave a false certificate).
   the bound is the exact minimum (within 1e-4 of the reference point's margin). 24 networks by default,
   2,000 with ``-m slow``.
 """
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,8 +190,9 @@ def reference_minimum(pieces, x0, eps, norm, box, row):
     c = np.concatenate([t[1] for t in rows])
     v = np.concatenate([np.broadcast_to(t[2], np.shape(t[1])) for t in rows])
     A = sp.csr_array((v, (r, c)), shape=(n_rows, n_cols))
-    res = scipy_milp(cost, integrality=np.concatenate(integer), bounds=VariableBounds(np.concatenate(cols_lo),
-                     np.concatenate(cols_hi)), constraints=LinearConstraint(A, rlo, rhi), options={"mip_rel_gap": 1e-7, "time_limit": 20.0})
+    res = scipy_milp(cost, integrality=np.concatenate(integer),
+                     bounds=VariableBounds(np.concatenate(cols_lo), np.concatenate(cols_hi)),
+                     constraints=LinearConstraint(A, rlo, rhi), options={"mip_rel_gap": 1e-7, "time_limit": 20.0})
     return (None, False) if res.x is None else (res.x[:d], res.status == 0)
 
 
@@ -233,3 +236,13 @@ def test_milp_never_above_a_reference_point():
 @pytest.mark.slow
 def test_milp_never_above_a_reference_point_2000():
     assert sweep(range(100, 2100)) > 3000
+
+
+def test_solvers_print_nothing_on_stdout():
+    """HiGHS's banner would corrupt the CLI's --json output."""
+    code = ("import torch; from torch import nn; from robustopt.verify import margin_bounds; torch.manual_seed(0); "
+            "net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2)).double(); "
+            "margin_bounds(net, torch.rand(2, 3, dtype=torch.float64), torch.tensor([0, 1]), 0.2, method='milp')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == ""

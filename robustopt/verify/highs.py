@@ -8,6 +8,8 @@ branch and bound). Nothing here decides soundness: :mod:`.lp` recomputes its bou
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -25,19 +27,34 @@ DEFAULT_OPTIONS = {
 }
 
 
+_BANNER_SHOWN = False
+
+
 def _highspy():
+    global _BANNER_SHOWN
     try:
         import highspy
     except ImportError:  # pragma: no cover - highspy comes with cvxpy >= 1.6
         raise ValueError("the solver methods need the highspy package (pip install highspy; it is installed "
                          "with cvxpy >= 1.6)") from None
+    if not _BANNER_SHOWN:  # HiGHS prints a banner on stdout (fd 1) at its first model in a process: not in --json
+        sys.stdout.flush()
+        saved = os.dup(1)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 1)
+                highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        _BANNER_SHOWN = True
     return highspy
 
 
 @dataclass
 class MilpOutcome:
-    """One MILP solve: HiGHS's status, its proven lower bound (before any margin), the best point's
-    objective and column values (None when no point was found), solver seconds."""
+    """One MILP solve: HiGHS's status, its claimed lower bound (only a claim: :mod:`.milp` proves its own), the
+    best point's objective and column values (None when no point was found), solver seconds."""
 
     status: str
     dual_bound: float
