@@ -23,6 +23,7 @@ from torch import nn
 from robustopt.sets import Ball
 from robustopt.verify import certify, margin_bounds, spec_bounds
 from robustopt.verify import highs as highs_module
+from verify_helpers import randomized, relu_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -107,15 +108,9 @@ def small_net(seed):
         w = int(rng.integers(3, 7))
         model, shape = nn.Sequential(*layers, nn.Linear(flat, w), nn.ReLU(), nn.Linear(w, k)), (c, 5, 5)
     else:
-        d, widths = int(rng.integers(2, 7)), rng.integers(3, 9, size=int(rng.integers(1, 4)))
-        layers, prev = [], d
-        for w in widths:
-            layers += [nn.Linear(prev, int(w)), nn.ReLU()]
-            prev = int(w)
-        model, shape = nn.Sequential(*layers, nn.Linear(prev, k)), (d,)
-    for p in model.parameters():
-        p.data = torch.randn(p.shape, generator=gen) * (0.8 if p.dim() > 1 else 0.5)
-    return model.double().eval(), shape, k
+        d = int(rng.integers(2, 7))
+        model, shape = relu_mlp(d, rng.integers(3, 9, size=int(rng.integers(1, 4))), k), (d,)
+    return randomized(model, gen), shape, k
 
 
 def affine_pieces(model, shape):

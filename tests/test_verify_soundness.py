@@ -17,7 +17,7 @@ from robustopt.sets import Ball
 from robustopt.verify import certify, network, run_method
 from robustopt.verify.api import margin_spec
 from robustopt.verify.methods import tightest
-from verify_helpers import one_thread, sampled_margins  # noqa: F401  (fixture)
+from verify_helpers import one_thread, randomized, relu_mlp, sampled_margins  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LP_TOL = 1e-7  # the LP is solved to feasibility 1e-9; its rigorous bound may sit that far below the optimum
@@ -40,14 +40,8 @@ def tiny_net(seed, widths=(4, 8)):
         model, shape = nn.Sequential(*layers, nn.Linear(flat, k)), (c, 6, 6)
     else:
         d = int(rng.integers(2, 7))
-        layers, prev = [], d
-        for w in rng.integers(widths[0], widths[1] + 1, size=int(rng.integers(1, 4))):
-            layers += [nn.Linear(prev, int(w)), nn.ReLU()]
-            prev = int(w)
-        model, shape = nn.Sequential(*layers, nn.Linear(prev, k)), (d,)
-    for p in model.parameters():
-        p.data = torch.randn(p.shape, generator=gen) * (0.8 if p.dim() > 1 else 0.5)
-    return model.double().eval(), shape, k
+        model, shape = relu_mlp(d, rng.integers(widths[0], widths[1] + 1, size=int(rng.integers(1, 4))), k), (d,)
+    return randomized(model, gen), shape, k
 
 
 def instance(seed, n=2, widths=(4, 8)):

@@ -42,16 +42,25 @@ def random_net(seed):
         shape = (c, 6, 6)
     else:
         d = int(rng.integers(2, 9))
-        widths = [int(w) for w in rng.integers(4, 33, size=int(rng.integers(1, 4)))]
-        layers, prev = [], d
-        for w in widths:
-            layers += [nn.Linear(prev, w), nn.ReLU()]
-            prev = w
-        model = nn.Sequential(*layers, nn.Linear(prev, k))
-        shape = (d,)
-    for p in model.parameters():  # larger biases make a mix of stable and unstable neurons
+        model, shape = relu_mlp(d, rng.integers(4, 33, size=int(rng.integers(1, 4))), k), (d,)
+    return randomized(model, gen), shape, k
+
+
+def relu_mlp(d, widths, k):
+    """Linear(d, w_1), ReLU, ..., Linear(w_last, k)."""
+    layers, prev = [], d
+    for w in widths:
+        layers += [nn.Linear(prev, int(w)), nn.ReLU()]
+        prev = int(w)
+    return nn.Sequential(*layers, nn.Linear(prev, k))
+
+
+def randomized(model, gen):
+    """``model`` in float64 eval mode with N(0, 0.8^2) weights and N(0, 0.5^2) biases drawn from ``gen`` (biases
+    this large make a mix of stable and unstable neurons)."""
+    for p in model.parameters():
         p.data = torch.randn(p.shape, generator=gen) * (0.8 if p.dim() > 1 else 0.5)
-    return model.double().eval(), shape, k
+    return model.double().eval()
 
 
 def random_instance(seed, n=6):

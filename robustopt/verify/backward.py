@@ -56,17 +56,22 @@ def check_memory(memory, name: str = "memory") -> int:
         raise ValueError(f"{name} must be a number of bytes > 0 (or None for {DEFAULT_MEMORY}); got {memory!r}")
     return int(memory)
 
+def check_per_layer(net, value, name: str, what: str):
+    """Raise unless ``value`` is a list or tuple with one entry per ReLU layer of ``net``; returns the widths."""
+    sizes = net.relu_sizes
+    if not isinstance(value, (list, tuple)) or len(value) != len(sizes):
+        raise ValueError(f"{name} must be a list of {len(sizes)} {what}, one per ReLU layer (widths {sizes}); got "
+                         f"{type(value).__name__} of length {len(value) if hasattr(value, '__len__') else '?'}")
+    return sizes
+
+
 def check_splits(net, splits, n: int, name: str = "splits"):
     """Validate ``splits`` for ``net`` and a batch of n domains: None, or a list with one entry per ReLU
     layer, each None (all free) or an integer tensor (n, h_k) with values in {-1, 0, 1}. Returns a list
     of int8 tensors (or None) on the network's device, or None when nothing is split."""
     if splits is None:
         return None
-    sizes = net.relu_sizes
-    if not isinstance(splits, (list, tuple)) or len(splits) != len(sizes):
-        raise ValueError(f"{name} must be a list of {len(sizes)} tensors of shape (n, h_k), one per ReLU layer "
-                         f"(widths {sizes}); got {type(splits).__name__} of length "
-                         f"{len(splits) if hasattr(splits, '__len__') else '?'}")
+    sizes = check_per_layer(net, splits, name, "tensors of shape (n, h_k)")
     out = []
     for k, (s, h) in enumerate(zip(splits, sizes)):
         if s is None:

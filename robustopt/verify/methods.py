@@ -58,7 +58,7 @@ import torch
 
 from .._validation import check_choice, reject_unknown_options
 from ..sets import Ball
-from .backward import check_splits
+from .backward import check_per_layer, check_splits
 from .network import Network
 
 __all__ = ["Bounds", "METHODS", "COMMON_OPTIONS", "get_method", "run_method", "check_intermediate",
@@ -110,11 +110,7 @@ def check_intermediate(net: Network, intermediate, n: int, name: str = "intermed
     converted to the network's dtype and device."""
     if intermediate is None:
         return None
-    sizes = net.relu_sizes
-    if not isinstance(intermediate, (list, tuple)) or len(intermediate) != len(sizes):
-        raise ValueError(f"{name} must be a list of {len(sizes)} (lower, upper) pairs, one per ReLU layer "
-                         f"(widths {sizes}); got {type(intermediate).__name__} of length "
-                         f"{len(intermediate) if hasattr(intermediate, '__len__') else '?'}")
+    sizes = check_per_layer(net, intermediate, name, "(lower, upper) pairs")
     out = []
     for k, (pair, h) in enumerate(zip(intermediate, sizes)):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
