@@ -67,8 +67,8 @@ class PhaseSearch:
     """Branch and bound on the binaries of one example's MILP ``program``.
 
     ``hidden``: [(W_k, b_k)] float64 (for the relaxation gaps); ``x`` (1, d) tensor and ``ball``: the example
-    (the input set of the certificates); ``evaluate(columns) -> (point, value)``: the LP point projected onto
-    the ball and its row value replayed in float64 (a row-bound callable ``evaluate(columns, row)``)."""
+    (the input set of the certificates); ``evaluate(columns, row) -> (point, value)``: an LP point's ``x``
+    projected onto the ball and its objective ``row`` replayed through the network in float64."""
 
     def __init__(self, program, hidden, x, ball, evaluate):
         self.program, self.hidden, self.x, self.ball, self.evaluate = program, hidden, x, ball, evaluate

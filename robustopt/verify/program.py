@@ -243,7 +243,7 @@ def dual_bound(program: Program, duals: np.ndarray, rows=None, columns=None):
     rows = np.arange(len(program.offset)) if rows is None else np.asarray(rows)
     c, offset = program.objective[rows], program.offset[rows]
     R = program.relu_rows
-    A, AT, absA, lo, hi = program.relu_block
+    _, AT, absA, lo, hi = program.relu_block
     y = np.nan_to_num(np.asarray(duals, float)[:, R], nan=0.0, posinf=0.0, neginf=0.0)
     y = np.where(np.isinf(lo), np.minimum(y, 0.0), y)  # one-sided rows: only the sign that is valid
     y = np.where(np.isinf(hi), np.maximum(y, 0.0), y)
