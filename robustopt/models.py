@@ -24,7 +24,7 @@ from torch import nn
 from ._validation import check_choice, check_finite, check_labels, check_positive_int
 from .layers import Normalize, flat_layers
 
-__all__ = ["mlp", "cnn_small", "fit", "save", "load", "SUPPORTED_LAYERS"]
+__all__ = ["mlp", "cnn_small", "cnn_tutorial", "fit", "save", "load", "SUPPORTED_LAYERS"]
 
 FORMAT = "robustopt-model"
 FORMAT_VERSION = 1
@@ -78,6 +78,28 @@ def cnn_small(in_channels=1, side=28, classes=10, normalize=None) -> nn.Sequenti
         nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
         nn.Flatten(),
         nn.Linear(32 * out * out, 100), nn.ReLU(),
+        nn.Linear(100, classes),
+    )
+
+
+def cnn_tutorial(in_channels=1, side=28, classes=10, normalize=None) -> nn.Sequential:
+    """The CNN of the Kolter–Madry tutorial (chapters 3–4): four 3×3 convolutions with padding 1 (32, 32, 64,
+    64 channels; strides 1, 2, 1, 2), a 100-unit dense layer, ``classes`` outputs. Inputs (n, in_channels, side,
+    side); on 28×28 MNIST the dense layer sees 64·7·7 features.
+    """
+    in_channels = check_positive_int(in_channels, "in_channels")
+    side = check_positive_int(side, "side", minimum=4)
+    classes = check_positive_int(classes, "classes", minimum=2)
+    out = (side - 1) // 2 + 1
+    out = (out - 1) // 2 + 1
+    return nn.Sequential(
+        *_normalization(normalize),
+        nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64 * out * out, 100), nn.ReLU(),
         nn.Linear(100, classes),
     )
 

@@ -37,6 +37,18 @@ def test_cnn_small_is_the_certifiable_architecture(side, flat):
     assert model(torch.rand(2, 3, side, side)).shape == (2, 7)
 
 
+@pytest.mark.parametrize("side, flat", [(28, 64 * 7 * 7), (8, 64 * 2 * 2), (7, 64 * 2 * 2)])
+def test_cnn_tutorial_is_the_tutorials_four_conv_net(side, flat):
+    model = models.cnn_tutorial(in_channels=1, side=side, classes=10)
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] == [
+        (32, (3, 3), (1, 1), (1, 1)), (32, (3, 3), (2, 2), (1, 1)), (64, (3, 3), (1, 1), (1, 1)),
+        (64, (3, 3), (2, 2), (1, 1))]
+    dense = [m for m in model if isinstance(m, nn.Linear)]
+    assert (dense[0].in_features, dense[0].out_features, dense[1].out_features) == (flat, 100, 10)
+    assert model(torch.rand(2, 1, side, side)).shape == (2, 10)
+
+
 def test_normalization_layer_is_applied_to_raw_inputs():
     torch.manual_seed(0)
     plain = models.mlp(4, (8,), 3)

@@ -228,6 +228,7 @@ def test_training_is_reproducible(digits):
     ({"method": "ibp", "eps_ramp": (0, 99)}, "eps_ramp"),
     ({"lr_schedule": "exponential"}, "lr_schedule"),
     ({"optimizer": "lbfgs"}, "optimizer"),
+    ({"optimizer": "sgd", "momentum": -0.5}, "momentum"),
     ({"epochs": 0}, "epochs"),
     ({"lr": -1.0}, "lr"),
     ({"lower": torch.zeros(3)}, "lower"),
@@ -239,3 +240,16 @@ def test_bad_input_raises(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         train(fresh_mlp(hidden=(8,)), **args)
+
+
+def test_plain_sgd_with_zero_momentum_takes_one_gradient_step():
+    X, y = load_digits(split="train")
+    X, y = torch.as_tensor(X[:32]), torch.as_tensor(y[:32])
+    model = fresh_mlp(hidden=(8,))
+    expected = [p.detach().clone() for p in model.parameters()]
+    torch.nn.functional.cross_entropy(model(X), y).backward()
+    expected = [e - 0.1 * p.grad for e, p in zip(expected, model.parameters())]
+    train(model, X, y, method="standard", eps=EPS, epochs=1, batch_size=32, optimizer="sgd", lr=0.1, momentum=0.0,
+          progress=False, device="cpu")
+    for got, want in zip(model.parameters(), expected):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)

@@ -104,7 +104,7 @@ def robust_loss(model, X, y, method="pgd", eps=0.1, norm="inf", lower=0.0, upper
 
 # ---------------------------------------------------------------------------------------------- training
 def train(model, X, y, method="pgd", eps=0.1, norm="inf", *, epochs=10, batch_size=128, lr=1e-3, optimizer="adam",
-          lr_schedule="constant", weight_decay=0.0, eps_ramp="auto", lower=0.0, upper=1.0, eval_data=None,
+          momentum=0.9, lr_schedule="constant", weight_decay=0.0, eps_ramp="auto", lower=0.0, upper=1.0, eval_data=None,
           eval_every=1, eval_pgd_steps=20, eval_certify="ibp", checkpoint=None, device=None, seed=0, progress=True,
           **options) -> dict:
     r"""Minimize the empirical adversarial risk of ``model`` on (X, y) with ``method``; the model is trained in place.
@@ -117,7 +117,8 @@ def train(model, X, y, method="pgd", eps=0.1, norm="inf", *, epochs=10, batch_si
         ``"crown_ibp"`` (see :mod:`robustopt.train.losses`).
     eps, norm, lower, upper : the ball ``{x' : ||x' - x|| <= eps, lower <= x' <= upper}`` (``eps`` is the final
         radius; the box is shared by all examples: a number, ``None``, or a tensor shaped like one example).
-    epochs, batch_size, lr, optimizer (``"adam"`` or ``"sgd"`` with momentum 0.9), weight_decay : the usual.
+    epochs, batch_size, lr, optimizer (``"adam"`` or ``"sgd"``), weight_decay : the usual; ``momentum`` is SGD's
+        (0 for plain SGD, as in the Kolter–Madry tutorial), ignored by Adam.
     lr_schedule : ``"constant"``, ``"cosine"``, ``"step"``, ``"cyclic"`` or ``factor(t, epochs)``; see
         :func:`robustopt.train.schedules.lr_factor`. Updated every batch.
     eps_ramp : ``(start_epoch, end_epoch)``: ε grows linearly from 0 to ``eps`` between these epochs (fractional,
@@ -150,6 +151,7 @@ def train(model, X, y, method="pgd", eps=0.1, norm="inf", *, epochs=10, batch_si
     eval_every = check_positive_int(eval_every, "eval_every")
     lr = _positive_number(lr, "lr")
     weight_decay = _positive_number(weight_decay, "weight_decay", allow_zero=True)
+    momentum = _positive_number(momentum, "momentum", allow_zero=True)
     optimizer = check_choice(optimizer, ("adam", "sgd"), "optimizer")
     lr_schedule = check_lr_schedule(lr_schedule)
     window = _eps_window(eps_ramp, method, epochs)
@@ -171,7 +173,7 @@ def train(model, X, y, method="pgd", eps=0.1, norm="inf", *, epochs=10, batch_si
     if not params:
         raise ValueError("model has no trainable parameters")
     opt = (torch.optim.Adam(params, lr=lr, weight_decay=weight_decay) if optimizer == "adam" else
-           torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay))
+           torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay))
     loss_fn = METHODS[method].loss
     generator = torch.Generator().manual_seed(int(seed))
     batches = math.ceil(n / batch_size)
