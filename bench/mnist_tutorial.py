@@ -90,12 +90,99 @@ def run_train(args):
     print(json.dumps({k: history[k] for k in ("model", "loss", "accuracy", "seconds")}, default=str))
 
 
+TUTORIAL = {  # the tutorial's (and Wong & Kolter's) test errors in %, for the table
+    "standard": {"pgd": 71.0},
+    "pgd": {"clean": 0.85, "pgd": 2.86},
+    "ibp": {"clean": 5.15, "pgd": 7.79, "ibp": 9.67},
+    "crown_ibp": {"clean": 1.8, "pgd": 4.1, "certified": 5.8},
+}
+CERTIFIERS = ("ibp", "crown", "alpha-crown")
+
+
+def _error(accuracy):
+    return None if accuracy is None else 100.0 * (1.0 - accuracy)
+
+
+def run_evaluate(args):
+    """Clean, PGD-40, ensemble and certified test error of each trained model (``OUT/MODEL.eval.json``)."""
+    from robustopt.attacks import evaluate_robustness
+    from robustopt.verify import certify
+
+    out = Path(args.out)
+    for name in args.models.split(","):
+        arch, _ = RECIPES[name]
+        path = Path(args.model_file) if args.model_file else out / f"{name}.pt"
+        model = models.load(path).eval()
+        X, y = load(args.root, "test", arch)
+        X, y = X[:args.n], y[:args.n]
+        report = {"model": name, "file": str(path), "n": len(y), "eps": EPS, "threads": torch.get_num_threads(),
+                  "seconds": {}, "error": {}, "n_by": {}}
+
+        def attack(label, **options):
+            tic = time.time()
+            res = evaluate_robustness(model, X, y, eps=EPS, seed=0, progress=args.progress, **options)
+            report["seconds"][label] = time.time() - tic
+            report["error"]["clean"] = _error(res["clean_accuracy"])
+            report["error"][label], report["n_by"][label] = _error(res["robust_accuracy"]), len(y)
+            return res["robust"]
+
+        robust_pgd = attack("pgd", attack="pgd", steps=40)
+        robust_ensemble = attack("ensemble", attack="ensemble")
+        for method, n, limit in [(m, args.n_certify, None) for m in CERTIFIERS] + [("bab", args.n_complete,
+                                                                                    args.time_limit)]:
+            if n <= 0:
+                continue
+            tic = time.time()
+            res = certify(model, X[:n], y[:n], EPS, method=method, time_limit=limit, progress=args.progress,
+                          attack=method == "bab")
+            report["seconds"][method] = time.time() - tic
+            report["error"][method], report["n_by"][method] = _error(res.certified_accuracy), n
+            report.setdefault("counts", {})[method] = res.counts
+            broken = (res.status == "certified") & ~(robust_pgd[:n] & robust_ensemble[:n])
+            if broken.any():
+                raise AssertionError(f"{name}: {method} certified {int(broken.sum())} examples an attack broke")
+            if method == "bab":  # the bracket on the first n: [attack error, certified error]
+                attacked = ~(robust_ensemble[:n] & robust_pgd[:n]) | (res.status == "falsified")
+                report["error"]["bab_attack"] = 100.0 * float(attacked.mean())
+        (out / f"{name}.eval.json").write_text(json.dumps(report, indent=1))
+        print(json.dumps(report))
+
+
+def run_table(args):
+    """The README table from the evaluation files, beside the tutorial's figures."""
+    out = Path(args.out)
+    head = ("| model | clean | PGD-40 | ensemble | IBP | CROWN | α-CROWN | BaB bracket (first n) | tutorial |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print(head)
+    for name in RECIPES:
+        path = out / f"{name}.eval.json"
+        if not path.exists():
+            continue
+        rep = json.loads(path.read_text())
+        err, n_by = rep["error"], rep["n_by"]
+        cell = lambda k: "–" if err.get(k) is None else f"{err[k]:.2f}" + ("" if n_by.get(k, rep["n"]) == rep["n"]
+                                                                          else f" (n={n_by[k]})")
+        bab = "–" if "bab" not in err else f"[{err['bab_attack']:.2f}, {err['bab']:.2f}] (n={n_by['bab']})"
+        ref = ", ".join(f"{k} {v}" for k, v in TUTORIAL.get(name, {}).items())
+        print(f"| {name} | {cell('clean')} | {cell('pgd')} | {cell('ensemble')} | {cell('ibp')} | {cell('crown')} | "
+              f"{cell('alpha-crown')} | {bab} | {ref or '–'} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
     p_train = sub.add_parser("train")
     p_train.add_argument("model", choices=sorted(RECIPES))
-    for p in (p_train,):
+    p_eval = sub.add_parser("evaluate")
+    p_eval.add_argument("--models", default="standard,pgd,ibp,crown_ibp")
+    p_eval.add_argument("--model-file", default=None, help="evaluate this file (e.g. an epoch checkpoint) instead")
+    p_eval.add_argument("--n", type=int, default=10000, help="test images for the attacks")
+    p_eval.add_argument("--n-certify", type=int, default=10000, help="test images for IBP, CROWN, alpha-CROWN")
+    p_eval.add_argument("--n-complete", type=int, default=1000, help="test images for branch and bound")
+    p_eval.add_argument("--time-limit", type=float, default=30.0, help="seconds per image for branch and bound")
+    p_eval.add_argument("--progress", action="store_true")
+    p_table = sub.add_parser("table")
+    for p in (p_train, p_eval, p_table):
         p.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "mnist"))
         p.add_argument("--out", default=str(REPO / ".bench" / "mnist"))
         p.add_argument("--threads", type=int, default=None)
@@ -103,8 +190,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.stage == "train":
-        run_train(args)
+    {"train": run_train, "evaluate": run_evaluate, "table": run_table}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -200,3 +200,15 @@ def test_margin_bounds_takes_splits_across_batches():
         whole = margin_bounds(model, x, y, eps, norm, method=method, splits=splits)
         parts = margin_bounds(model, x, y, eps, norm, method=method, splits=splits, batch_size=2)
         torch.testing.assert_close(parts, whole, rtol=0, atol=1e-12)
+
+
+def test_alpha_crown_keeps_crown_bounds_where_slopes_do_not_fit():
+    from robustopt.verify.alpha_crown import SLOPE_COPIES, affordable
+
+    features = {0: torch.arange(100), 1: torch.arange(10), 2: torch.arange(5)}
+    rows = {1: torch.arange(10), 2: torch.arange(5)}
+    cost1 = SLOPE_COPIES * 3 * 2 * 10 * 100 * 8  # layer 1: n=3 domains, 2x10 rows, 100 slopes, float64
+    cost2 = SLOPE_COPIES * 3 * 2 * 5 * 110 * 8
+    assert set(affordable(rows, features, 3, 8, cost1 + cost2)) == {1, 2}
+    assert set(affordable(rows, features, 3, 8, cost1 + cost2 - 1)) == {2}  # the cheaper layer is kept
+    assert affordable(rows, features, 3, 8, 0) == {}

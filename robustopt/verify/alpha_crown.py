@@ -26,7 +26,9 @@ per step, default 0.98; the bound is piecewise linear in the slopes, so reaching
 takes a few hundred steps, e.g. ``steps=300, lr=1.0``), ``stop_at`` (stop once every example's
 smallest lower bound exceeds it), ``time_limit`` (seconds per example; the batch stops after
 ``time_limit * n``), ``alphas``, ``search_dtype``, ``splits`` and ``memory`` (the CROWN pass that starts
-the search, :mod:`.crown`). The search keeps its autograd graph, so it is not chunked.
+the search, :mod:`.crown`). An intermediate layer whose slopes would not fit in :data:`SLOPE_MEMORY`
+(8 GiB, :func:`affordable`; on the tutorial's MNIST CNN a batch of 10 would need 25 GiB) keeps its CROWN
+bounds, listed in ``info["fixed_layers"]``. The search keeps its autograd graph, so it is not chunked.
 """
 from __future__ import annotations
 
@@ -145,6 +147,25 @@ def _initial_slopes(net, x, rule, rows, features, out_rows, alphas):
     return values
 
 
+SLOPE_COPIES = 5  # a slope tensor, its gradient, Adam's two moments and the best slopes so far
+SLOPE_MEMORY = 8 << 30  # bytes for the slopes of the intermediate layers (a 24 GiB machine keeps room)
+
+
+def affordable(rows, features, n, itemsize, memory=SLOPE_MEMORY):
+    """The intermediate layers (of ``rows``: layer -> its unstable neurons) whose slopes fit in ``memory``
+    bytes: layer j's slopes take n * 2 r_j * sum_{i<j} u_i numbers (r_j, u_i: unstable neurons), kept
+    :data:`SLOPE_COPIES` times; the cheapest layers are kept first, the others keep their CROWN bounds."""
+    cost = {j: SLOPE_COPIES * n * 2 * idx.numel() * sum(features[i].numel() for i in range(j)) * itemsize
+            for j, idx in rows.items()}
+    kept, total = {}, 0
+    for j in sorted(cost, key=cost.get):
+        total += cost[j]
+        if total > memory:
+            break
+        kept[j] = rows[j]
+    return kept
+
+
 def search_pass(net, x, ball, rows, slopes, beta_terms, base, splits, out, features):
     """One alpha-CROWN pass: intermediate bounds of the layers in ``rows`` from their slopes (each the
     elementwise best of the new value and ``base``, then clamped to ``splits``), then the output rows
@@ -189,11 +210,13 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
                                                                 skip_stable)
     L, top = len(base), len(net.affine) - 1
     start = max(1, first_recomputed(intermediate, splits, L))  # layers bounded here (not given), as in CROWN
-    rows = {j: unstable_index(*base[j]) for j in range(start, L)}
+    features = {i: unstable_index(*base[i]) for i in range(L)}
+    itemsize = torch.finfo(search_dtype or net.dtype).bits // 8
+    rows = affordable({j: unstable_index(*base[j]) for j in range(start, L)}, features, len(x), itemsize)
+    fixed_layers = [j for j in range(start, L) if j not in rows]
     op, m = net.affine[top], net.affine[top].out_features
     everything = torch.arange(m, device=x.device)
     out = both_signs(op, everything) if compute_upper else (op.rows(everything), op.bias_rows(everything))
-    features = {i: unstable_index(*base[i]) for i in range(L)}
     slopes = _initial_slopes(net, x, rule, rows, features, out[0].shape[1], alphas)
     sdtype = search_dtype or net.dtype
     snet, sx = net.cast(sdtype), x.to(sdtype)
@@ -243,7 +266,8 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
                     place([b.to(net.dtype) for b in best_betas]) if beta is not None else None)
     used = [(lo.to(net.dtype), hi.to(net.dtype)) for lo, hi in sbase]
     return Bounds(lower=lower, upper=upper, intermediate=used if return_intermediate else None, infeasible=infeasible,
-                  alphas=result, info={"iterations": iterations, "alphas": result})
+                  alphas=result, info={"iterations": iterations, "alphas": result,
+                                       "fixed_layers": fixed_layers})
 
 
 def bounds(net, x, ball, **options) -> Bounds:
