@@ -90,10 +90,9 @@ def _run_attack(name, model, x_model, y, eps, norm, lower, upper, steps, restart
 def _attack_margins(name, model, x_model, y, problem, C, settings):
     """Margin rows (n, k-1) at the attack's points, projected onto the ball in float64 first."""
     net = problem.net
-    eps = problem.eps if isinstance(problem.eps, float) else problem.eps.to(x_model)
-    result = _run_attack(name, model, x_model, y.to(x_model.device), eps, problem.norm, settings["lower"],
-                         settings["upper"], settings["attack_steps"], settings["attack_restarts"], settings["seed"],
-                         net.out_features)
+    ball = problem.ball().flat(x_model)  # eps and box in the attack's dtype, on its device
+    result = _run_attack(name, model, x_model, y.to(x_model.device), ball.eps, problem.norm, ball.lower, ball.upper,
+                         settings["attack_steps"], settings["attack_restarts"], settings["seed"], net.out_features)
     points = result.x_adv.reshape(problem.n, -1).to(dtype=net.dtype, device=net.device)
     points = problem.ball().project(points, problem.x)
     return _point_margins(net, points, C)
@@ -317,8 +316,8 @@ def compare(model, X, y, eps, methods=DEFAULT_METHODS, norm="inf", lower=0.0, up
                methods=bound_methods, options=_check_options(options, bound_methods),
                time_limit=check_time_limit(time_limit), exact=exact, shared_intermediate=shared_intermediate,
                batch_size=batch_size, where={"n_jobs": check_n_jobs(n_jobs), "client": check_client(client, n_jobs)},
-               attack_settings={"lower": lower, "upper": upper, "attack_steps": attack_steps,
-                                "attack_restarts": attack_restarts, "seed": seed}, atol=atol, rtol=rtol)
+               attack_settings={"attack_steps": attack_steps, "attack_restarts": attack_restarts, "seed": seed},
+               atol=atol, rtol=rtol)
     levels = _levels(eps)
     rows, summaries, violations = [], [], []
     with tqdm(total=len(levels) * (len(attacks) + len(bound_methods)), desc="compare", disable=not progress) as bar:
