@@ -11,13 +11,14 @@ Each method is one module ``robustopt/verify/<module>.py`` with
 ``OPTIONS``
     the keyword options it accepts: :data:`COMMON_OPTIONS` plus its own (``relaxation``, ``steps``,
     ``time_limit``, ``stop_at``, ...). Anything else raises ``ValueError`` before the method runs.
+
 Capability flags (:data:`CAPABILITIES`; every method declares each one, as a bool; callers read these,
 never the option names):
 
 ``SOLVER``
-    per-example optimization (``lp``, ``lp-cvxpy``, ``milp``): ``certify`` and ``compare`` run it in one
-    task per example, only on the examples the attack and cheap bounds left open, and ``compare`` gives
-    it the shared intermediate bounds of the closed-form methods.
+    per-example optimization (``lp``, ``lp-cvxpy``, ``milp``): ``certify`` runs it in one task per example,
+    only on the examples the attack left open; ``compare`` runs it after the closed-form methods and gives
+    it their shared intermediate bounds.
 ``EXACT``
     its lower bound is the exact minimum when it ends "optimal" (``milp``, to its relative gap).
 ``TAKES_TIME_LIMIT``
@@ -46,8 +47,8 @@ Semantics of :class:`Bounds` (soundness: every number is a proven bound, whateve
   no point), an upper bound on each minimum, on ``lower``'s device;
 - ``margin``: optional float64 numpy array (n,): how far ``lower`` may sit below the exact minimum of an
   ``EXACT`` method that ended "optimal" (its gap; 0 where nothing was solved);
-- ``seconds``: optional float64 numpy array (n,): wall seconds spent on each example (the batch runner
-  fills it in, splitting a batch's time evenly, when a method does not);
+- ``seconds``: optional float64 numpy array (n,): wall seconds spent on each example (the batch runner,
+  :mod:`.runner`, adds to a method's own figures an even share of the rest of its task's time);
 - ``info``: a dict of anything else worth reporting (iterations, solver seconds, ...): diagnostics only,
   no caller relies on its keys;
 - ``infeasible``: optional bool tensor (n,), True for a domain proven empty by its ``splits=`` (or by
