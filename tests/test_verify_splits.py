@@ -16,7 +16,7 @@ from verify_helpers import one_thread, random_instance  # noqa: F401  (fixture)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPLIT_METHODS = [("ibp", {}), ("crown", {}), ("dual", {}), ("alpha-crown", {"steps": 5}),
-                 ("beta-crown", {"steps": 10})]
+                 ("beta-crown", {"steps": 10}), ("lp", {}), ("milp", {})]
 
 
 def _instance(seed, box, shared=False):
@@ -65,8 +65,18 @@ def test_split_bounds_are_below_the_exact_minimum_over_the_domain(seed, box):
                 assert res.lower[i, r] <= exact + 1e-7, (method, i, r, float(res.lower[i, r]), exact)
                 if bool(res.infeasible[i]):
                     assert exact == np.inf, method  # flagged empty: the MILP agrees
+            milp = float(results["milp"].lower[i, r])
+            if np.isfinite(exact):  # exact over the domain: the MILP's program adds the split rows
+                assert milp >= exact - 1e-6 * max(1.0, abs(exact)), (i, r, milp, exact)
     crown, beta = results["crown"].lower, results["beta-crown"].lower
     assert (beta >= crown - 1e-9).all()
+    lp, milp = results["lp"].lower, results["milp"].lower
+    assert (lp <= milp + 1e-7).all() and (lp >= crown - 1e-7).all()
+    if seed % 4 == 0:  # the cvxpy formulation states the same split rows
+        cvx = run_method("lp-cvxpy", net, x, ball, compute_upper=False, splits=splits).lower
+        finite = torch.isfinite(lp)
+        torch.testing.assert_close(cvx[finite], lp[finite], rtol=0, atol=1e-5)
+        assert torch.equal(torch.isinf(cvx), torch.isinf(lp))
 
 
 def test_infeasible_domain_is_flagged_not_raised():
@@ -101,8 +111,9 @@ def test_splits_are_validated():
     bad[0][0, 0] = 2
     with pytest.raises(ValueError, match="values must be -1"):
         run_method("crown", net, x, ball, splits=bad)
-    with pytest.raises(ValueError, match="unknown option"):
-        run_method("lp", net, x, ball, splits=good)  # the solvers do not take splits yet
+    for method in ("lp", "milp"):
+        with pytest.raises(ValueError, match="values must be -1"):
+            run_method(method, net, x, ball, splits=bad)
     assert "beta-crown" in METHODS
 
 

@@ -16,8 +16,10 @@ The variables are kept (:class:`DualNetwork`, in ``Bounds.info["dual_network"]``
 :meth:`DualNetwork.objective` re-computes the bound from them alone and :meth:`DualNetwork.residual`
 measures how far they are from satisfying the dual network's equations. Intermediate bounds are
 computed by the same dual network, one layer at a time (rows :math:`c = \pm e_j`, through the operators'
-transposes), for the neurons one IBP step leaves unstable, in chunks under ``memory``; ``splits=``
-clamps each layer's bounds (:mod:`.backward`), as in CROWN.
+transposes), in chunks under ``memory``; ``splits=`` clamps each layer's bounds (:mod:`.backward`), as in
+CROWN. By default every neuron is bounded (``skip_stable=False``), as Wong and Kolter do: it equals CROWN
+with the ``"same-slope"`` relaxation, whose default this also is; ``skip_stable=True`` bounds only the
+neurons one IBP step leaves unstable (faster, but not always tighter: see :mod:`.crown`).
 """
 from __future__ import annotations
 
@@ -112,7 +114,7 @@ def _row_bounds(net, top, idx, layer_bounds, x, ball, both=True):
 
 
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, splits=None,
-           memory=None, skip_stable=True) -> Bounds:
+           memory=None, skip_stable=False) -> Bounds:
     """Dual-network bounds on the outputs of ``net``; the final DualNetwork is in ``info["dual_network"]``."""
     memory, skip_stable = check_memory(memory), check_skip_stable(skip_stable)
     layer_bounds, infeasible = [], torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)

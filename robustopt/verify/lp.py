@@ -19,7 +19,10 @@ larger of the two (both proven); ``info["solver_lower"]`` holds the LP's own val
 
 Options: ``time_limit`` (seconds per example; the rows left keep the cheap bounds, status "time_limit"),
 ``stop_at`` (rows whose cheap bound already exceeds it are skipped, and an example stops at its first row
-the LP leaves <= stop_at: it can then no longer be certified). l_inf and l_1 balls (l_2: use ``lp-cvxpy``).
+the LP leaves <= stop_at: it can then no longer be certified), ``splits`` (:mod:`.backward`: the intermediate
+bounds are those of IBP and CROWN over the domain, clamped, and each neuron fixed inactive adds the row
+:math:`z \le 0`; a domain those bounds prove empty gets +inf without a solve, flagged in ``Bounds.infeasible``;
+an LP HiGHS finds infeasible keeps the cheap bounds, status "error"). l_inf and l_1 balls (l_2: use ``lp-cvxpy``).
 """
 from __future__ import annotations
 
@@ -34,12 +37,12 @@ from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
 from .program import RowCertificates, build_program, dual_bound, example_bounds, input_box, solver_inputs
 
 NORMS = ("inf", 1)
-OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at"}
+OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "splits"}
 SOLVER = True
 EXACT = False
 TAKES_TIME_LIMIT = True
 TAKES_STOP_AT = True
-TAKES_SPLITS = False
+TAKES_SPLITS = True
 
 
 def rows_to_solve(cheap, stop_at):
@@ -54,13 +57,15 @@ class SolverBatch:
     CROWN), the cheap lower bounds of the rows (n, rows) — the output rows, then with ``compute_upper`` the
     negated rows (upper bounds are minus their lower bounds) — and the float64 matrices of the programs."""
 
-    def __init__(self, net, x, ball, intermediate, compute_upper):
+    def __init__(self, net, x, ball, intermediate, compute_upper, splits=None):
         self.net, self.x, self.ball, self.compute_upper = net, x, ball, compute_upper
-        self.intermediate, cheap = solver_inputs(net, x, ball, intermediate)
+        self.intermediate, cheap, self.infeasible = solver_inputs(net, x, ball, intermediate, splits)
+        self.splits = None if splits is None else [None if t is None else t.cpu().numpy() for t in splits]
         self.m = cheap.shape[1]
         if compute_upper:
             negated = net.with_spec(-torch.eye(self.m, dtype=net.dtype, device=net.device))
-            cheap = torch.cat([cheap, solver_inputs(negated, x, ball, self.intermediate)[1]], 1)
+            upper_rows = solver_inputs(negated, x, ball, self.intermediate, splits)[1]
+            cheap = torch.cat([cheap, torch.where(self.infeasible[:, None], torch.inf, upper_rows)], 1)
         self.cheap = cheap
         self.cheap_np = cheap.detach().cpu().double().numpy()
         self.hidden = [(op.scipy(), op.bias_numpy()) for op in net.affine[:-1]]
@@ -74,9 +79,18 @@ class SolverBatch:
             W, b = sp.vstack([W, -W]).tocsr(), np.concatenate([b, -b])
         eps = self.ball.eps if isinstance(self.ball.eps, float) else float(self.ball.eps[i])
         x0 = self.x[i].detach().cpu().double().numpy()
+        inactive = [None if t is None else t < 0 for t in self.example_splits(i) or [None] * len(self.hidden)]
         program = build_program(self.hidden, (W, b), x0, (self.boxes[0][i], self.boxes[1][i]), eps, self.ball.norm,
-                                example_bounds(self.intermediate, i), integer=integer)
+                                example_bounds(self.intermediate, i), integer=integer, inactive=inactive)
         return program, (W, b), x0, eps
+
+    def example_splits(self, i):
+        """The splits of example i: per ReLU layer an int8 array (h_k,) or None; None without splits."""
+        return None if self.splits is None else [None if t is None else t[i] for t in self.splits]
+
+    def todo(self, i, stop_at):
+        """The rows to solve for example i (none for a domain its splits make empty: its bounds are +inf)."""
+        return [] if bool(self.infeasible[i]) else rows_to_solve(self.cheap_np[i], stop_at)
 
     def result(self, solver_lower, return_intermediate, **fields) -> Bounds:
         """Bounds from the solvers' proven row bounds (n, rows) (-inf where none): the larger of those and
@@ -86,8 +100,10 @@ class SolverBatch:
         down = torch.nextafter(solver_lower, torch.full_like(solver_lower, -torch.inf))
         solver_lower = torch.where(solver_lower.double() > exact, down, solver_lower)
         rows, m = torch.maximum(self.cheap, solver_lower), self.m
+        rows = torch.where(self.infeasible[:, None], torch.inf, rows)  # an empty domain: every row (lower and upper)
         return Bounds(lower=rows[:, :m], upper=-rows[:, m:] if self.compute_upper else None,
-                      intermediate=self.intermediate if return_intermediate else None, **fields)
+                      intermediate=self.intermediate if return_intermediate else None, infeasible=self.infeasible,
+                      **fields)
 
 
 def solve_rows(todo, started, time_limit, solve_row):
@@ -106,18 +122,18 @@ def solve_rows(todo, started, time_limit, solve_row):
 
 
 def relaxation_bounds(net, x, ball, make_solver, *, compute_upper, intermediate, return_intermediate, time_limit,
-                      stop_at) -> Bounds:
+                      stop_at, splits=None) -> Bounds:
     """Shared driver of ``lp`` and ``lp-cvxpy``: per example a program; ``make_solver(program, i, x0, eps)``
     returns a function (row, seconds left) -> (status, row duals, objective value); the bounds are made
     rigorous from the duals (:func:`~.program.dual_bound`)."""
     time_limit, stop_at = check_time_limit(time_limit), check_stop_at(stop_at)
-    batch = SolverBatch(net, x, ball, intermediate, compute_upper)
+    batch = SolverBatch(net, x, ball, intermediate, compute_upper, splits)
     n, rows = batch.cheap.shape
     certificates = RowCertificates(n, rows, x.shape[1])
     status, seconds = np.full(n, "optimal", dtype=object), np.zeros(n)
     for i in range(n):
         tic = time.perf_counter()
-        todo = rows_to_solve(batch.cheap_np[i], stop_at)
+        todo = batch.todo(i, stop_at)
         if todo:  # else settled by the cheap bounds
             program, _, x0, eps = batch.example(i)
             solve, solved = make_solver(program, i, x0, eps), {}
@@ -140,7 +156,7 @@ def relaxation_bounds(net, x, ball, make_solver, *, compute_upper, intermediate,
 
 
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, time_limit=None,
-           stop_at=None) -> Bounds:
+           stop_at=None, splits=None) -> Bounds:
     """Triangle-LP bounds on the outputs of ``net`` (see the module docstring)."""
 
     def make_solver(program, *_):
@@ -148,4 +164,5 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
         return model.solve_lp
 
     return relaxation_bounds(net, x, ball, make_solver, compute_upper=compute_upper, intermediate=intermediate,
-                             return_intermediate=return_intermediate, time_limit=time_limit, stop_at=stop_at)
+                             return_intermediate=return_intermediate, time_limit=time_limit, stop_at=stop_at,
+                             splits=splits)

@@ -56,8 +56,8 @@ Semantics of :class:`Bounds` (soundness: every number is a proven bound, whateve
 - ``alphas``: the slopes an optimizing method (alpha-/beta-CROWN) ended with, to pass back as
   ``alphas=`` (warm start; :class:`~.alpha_crown.Slopes`).
 
-``splits=`` (ibp, crown, alpha-crown, beta-crown, dual): per ReLU layer an int8 tensor (n, h_k), +1 active,
--1 inactive, 0 free; each row of the batch is a domain (:mod:`.backward`). ``memory=`` (bytes) caps a
+``splits=`` (ibp, crown, alpha-crown, beta-crown, dual, lp, lp-cvxpy, milp): per ReLU layer an int8 tensor
+(n, h_k), +1 active, -1 inactive, 0 free; each row of the batch is a domain (:mod:`.backward`). ``memory=`` (bytes) caps a
 backward pass's coefficient tensors (chunks of neurons); ``skip_stable=`` chooses which neurons get one.
 ``alphas=`` (alpha-/beta-CROWN) takes back ``Bounds.alphas`` (warm start).
 

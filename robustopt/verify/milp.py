@@ -25,6 +25,11 @@ far is returned (still sound) with status "time_limit", which ``certify`` report
 the others are solved weakest first. HiGHS stops at a point with objective <= t (replayed: only a replayed
 value <= t counts, and the example stops there) or once it claims a bound above t; the proof then only needs
 every domain above t. An example stops at its first row that cannot be lifted above t.
+
+**Splits** (``splits=``, :mod:`.backward`): the program of a domain is built from IBP and CROWN bounds over
+it, clamped, with the row :math:`z \le 0` for each neuron fixed inactive (:func:`~.program.build_program`):
+split neurons are stable, so they need no binary. A domain those bounds prove empty gets +inf without a solve
+(``Bounds.infeasible``); one HiGHS finds infeasible is proven so by :mod:`.phase_search` (the LP's dual ray).
 """
 from __future__ import annotations
 
@@ -35,18 +40,18 @@ import numpy as np
 import torch
 
 from .highs import HighsModel
-from .lp import SolverBatch, rows_to_solve, solve_rows
+from .lp import SolverBatch, solve_rows
 from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
 from .phase_search import PhaseSearch, gap
 from .program import RowCertificates, dual_bound
 
 NORMS = ("inf", 1)
-OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "threads", "highs_options"}
+OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "threads", "highs_options", "splits"}
 SOLVER = True
 EXACT = True
 TAKES_TIME_LIMIT = True
 TAKES_STOP_AT = True
-TAKES_SPLITS = False
+TAKES_SPLITS = True
 
 
 @dataclass
@@ -69,11 +74,16 @@ def _small_dense(W, limit=1 << 22):
     return W.toarray() if W.shape[0] * W.shape[1] <= limit else W
 
 
-def replay(hidden, last, point, row):
-    """Row ``row`` of the network at ``point`` by a float64 forward pass of the matrices."""
+def replay(hidden, last, point, row, splits=None):
+    """Row ``row`` of the network at ``point`` by a float64 forward pass of the matrices; +inf when the point
+    breaks a split (``splits``: per layer an int array or None; a pre-activation z of a neuron split s must
+    have s z >= 0, to within 1e-9 (1 + |z|)): it is then outside the domain, so no upper bound on its minimum."""
     a = point
-    for W, b in hidden:
-        a = np.maximum(W @ a + b, 0.0)
+    for k, (W, b) in enumerate(hidden):
+        z = W @ a + b
+        if splits is not None and splits[k] is not None and (splits[k] * z < -1e-9 * (1 + np.abs(z))).any():
+            return np.inf
+        a = np.maximum(z, 0.0)
     W, b = last
     return float((W[[row]] @ a)[0] + b[row])
 
@@ -86,6 +96,7 @@ class _Example:
         self.program, self.last, self.x0, _ = batch.example(i, integer=True)
         self.hidden = [(_small_dense(W), b) for W, b in batch.hidden]  # replayed at many points: dense is faster
         self.last = (_small_dense(self.last[0]), self.last[1])
+        self.splits = batch.example_splits(i)
         self.ball = batch.ball.flat(batch.x).select(slice(i, i + 1))
         self.x = batch.x[i:i + 1]
         self.exact_lp = self.program.binary_cols.stop == self.program.binary_cols.start  # no unstable ReLU
@@ -98,9 +109,10 @@ class _Example:
         return self.ball.project(pt, self.x)[0]
 
     def evaluate(self, solution, row):
-        """(point, replayed row value) of a solver's column values."""
+        """(point, replayed row value) of a solver's column values; (None, +inf) for a point outside the domain."""
         pt = self.point(solution)
-        return pt, replay(self.hidden, self.last, pt.cpu().double().numpy(), row)
+        value = replay(self.hidden, self.last, pt.cpu().double().numpy(), row, self.splits)
+        return (pt, value) if value < np.inf else (None, np.inf)
 
     def search(self):
         if self._search is None:
@@ -142,7 +154,7 @@ class _Example:
 
 
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, time_limit=None,
-           stop_at=None, threads=1, highs_options=None) -> Bounds:
+           stop_at=None, threads=1, highs_options=None, splits=None) -> Bounds:
     """Exact (MILP) bounds on the outputs of ``net`` (see the module docstring). ``threads``: HiGHS threads
     (default 1); ``highs_options``: extra HiGHS options (name -> value) for experiments: they change the
     search, never the proof."""
@@ -154,7 +166,7 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
     if highs_options is not None and not isinstance(highs_options, dict):
         raise ValueError(f"highs_options must be a dict of HiGHS option names to values; got {highs_options!r}")
     highs = {"threads": threads, "options": highs_options}
-    batch = SolverBatch(net, x, ball, intermediate, compute_upper)
+    batch = SolverBatch(net, x, ball, intermediate, compute_upper, splits)
     n, rows = batch.cheap.shape
     solver_lower = np.full((n, rows), -np.inf)
     objective, replayed, claimed = (np.full((n, rows), np.nan) for _ in range(3))
@@ -163,8 +175,8 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
     seconds, solver_seconds, solves, unstable, margins, domains = (np.zeros(n) for _ in range(6))
     for i in range(n):
         tic = time.perf_counter()
-        todo = rows_to_solve(batch.cheap_np[i], stop_at)
-        if todo:  # else settled by the cheap bounds
+        todo = batch.todo(i, stop_at)
+        if todo:  # else settled by the cheap bounds (or an empty domain)
             ex = _Example(batch, i, highs)
             unstable[i] = ex.program.integrality.sum()
 
@@ -184,6 +196,7 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
 
             status[i] = solve_rows(todo, tic, time_limit, solve_row)
         seconds[i] = time.perf_counter() - tic
+    batch.infeasible |= torch.as_tensor(np.isposinf(solver_lower).any(1), device=batch.infeasible.device)
     m = batch.m
     info = {"solver_lower": solver_lower[:, :m], "objective": objective[:, :m], "claimed": claimed[:, :m],
             "solver_seconds": solver_seconds, "milp_solves": solves, "binaries": unstable, "domains": domains}

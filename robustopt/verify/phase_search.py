@@ -11,8 +11,10 @@ ReLU. A domain fixes some binaries: :math:`\delta_j = 1` (active: with the big-M
 Its bound is the LP relaxation with those column bounds, solved by HiGHS's dual simplex (warm from the last
 domain, presolve off) and **re-derived from the row duals** (valid for any multipliers: HiGHS only decides
 how tight it is). A child keeps the larger of its bound and its parent's (its points are the parent's). An
-LP that HiGHS calls infeasible is bounded through its dual ray, scaled (again valid whatever the ray is);
-a domain whose bound that cannot lift stays open. With every binary fixed the LP is exact.
+LP that HiGHS calls infeasible is proven empty (+inf) when its dual ray passes Farkas' test, checked as
+rigorously as any bound (:meth:`PhaseSearch.proves_empty`); otherwise it is bounded through the ray,
+scaled (again valid whatever the ray is); a domain whose bound that cannot lift stays open. With every
+binary fixed the LP is exact. (Empty domains arise with ``splits=``: the whole program can be empty.)
 
 **Search.** Best first (smallest bound). The goal is ``stop_at`` (``certify``: prove the row above it, or
 find a point at or below it) or, without it, the best replayed value minus the gap
@@ -119,9 +121,18 @@ class PhaseSearch:
         if state == "optimal":
             return state, objective, [dual_bound(self.program, duals[None], [row], columns)], self.model.primal(), duals
         ray = self.model.dual_ray() if state == "infeasible" else None
+        if ray is not None and self.proves_empty(ray, columns):
+            return state, np.inf, None, None, None
         candidates = [np.zeros_like(duals)] if ray is None else [RAY_SCALE * ray, -RAY_SCALE * ray]
         estimate = np.inf if ray is not None else -np.inf
         return state, estimate, [dual_bound(self.program, y[None], [row], columns) for y in candidates], None, None
+
+    def proves_empty(self, ray, columns) -> bool:
+        """Whether the dual ray (either sign) proves the domain's LP infeasible: its bound with a zero
+        objective, rigorous like every other (:func:`~.program.dual_bound`), is above 0."""
+        zero = (np.zeros((1, self.program.A.shape[1])), np.zeros(1))
+        pieces = [dual_bound(self.program, sign * ray[None], [0], columns, zero) for sign in (1.0, -1.0)]
+        return bool((self.certify(pieces) > 0).any())
 
     def run(self, row, time_limit=None, stop_at=None, value=np.inf, point=None) -> SearchOutcome:
         """Proves a lower bound on objective ``row``; ``value``/``point``: a replayed point found before (the
@@ -135,8 +146,8 @@ class PhaseSearch:
         def time_left():
             return None if time_limit is None else time_limit - (time.perf_counter() - started)
 
-        def settled(lower):
-            return lower > stop_at if stop_at is not None else lower >= best[0] - gap(best[0])
+        def settled(lower):  # an empty domain (+inf) is settled whatever the goal
+            return lower == np.inf or (lower > stop_at if stop_at is not None else lower >= best[0] - gap(best[0]))
 
         def open_domain(fixed, floor):
             """Heap entry [key, order, fixed, relaxation gaps, floor (proven), certificates or None]."""

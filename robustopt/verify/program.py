@@ -49,10 +49,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .backward import apply_split
 from .methods import minimize_linear, tightest
 
 __all__ = ["ReluPhases", "Program", "build_program", "dual_bound", "rounding_slack", "certified_lower",
-           "RowCertificates", "solver_inputs",
+           "RowCertificates", "solver_inputs", "split_inactive",
            "example_bounds", "input_box"]
 
 UNIT_ROUNDOFF = 2.0 ** -53
@@ -158,14 +159,16 @@ def input_box(x, ball):
     return lo - pad, hi + pad
 
 
-def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Program:
+def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False, inactive=None) -> Program:
     """The program of one example.
 
     ``hidden``: [(W_k csr (h_k, h_{k-1}), b_k (h_k,))] for the ReLU layers; ``last``: (W, b) of the
     objectives (rows of the next affine layer); ``x0`` (d,), ``box`` = (lo, hi) (d,) from
     :func:`input_box`; ``eps`` float; ``norm`` "inf" or 1 (for 2 the input set is left to the certificate:
     only the box is a constraint, so the solver's program is a relaxation); ``bounds``: [(l_k, u_k)] numpy.
-    ``integer`` adds the binaries and big-M rows.
+    ``integer`` adds the binaries and big-M rows. ``inactive``: per layer a bool mask (h_k,) (or None) of
+    neurons a split fixes inactive: each gets the row ``z <= 0`` (its bounds, clamped to ``u <= 0``,
+    only make ``a = 0``; a split fixing a neuron active needs no row: clamped ``l >= 0`` makes ``a = z >= 0``).
     """
     d = len(x0)
     lo, hi = box
@@ -198,6 +201,8 @@ def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Pr
         chord_rows.append(rows.count + np.arange(len(uns)))
         rows.add([_diagonal(uns, cols.start), _csr_rows(W, uns, prev.start, -s)],  # a <= s (z - l)
                  no_lower, s * (b[uns] - l[uns]), s * (np.abs(b[uns]) + np.abs(l[uns])))
+        off = split_inactive(inactive, len(phases))
+        rows.add([_csr_rows(W, off, prev.start)], np.full(len(off), -np.inf), -b[off])  # split: z <= 0
         col_lower.append(np.maximum(l, 0.0))
         col_upper.append(np.maximum(u, 0.0))
         layer_cols.append(cols)
@@ -234,14 +239,23 @@ def build_program(hidden, last, x0, box, eps, norm, bounds, integer=False) -> Pr
                    big_m_rows=np.concatenate(big_m_rows) if integer and big_m_rows else None)
 
 
-def dual_bound(program: Program, duals: np.ndarray, rows=None, columns=None):
+def split_inactive(inactive, layer):
+    """Indices of the neurons of ``layer`` a split fixes inactive (``inactive``: per-layer masks or None)."""
+    if inactive is None or inactive[layer] is None:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(inactive[layer])
+
+
+def dual_bound(program: Program, duals: np.ndarray, rows=None, columns=None, objective=None):
     """The pieces of the rigorous bound for objectives ``rows`` (default all) from row multipliers
     ``duals`` (m, all rows) (HiGHS's sign convention: <= 0 on an active upper side when minimizing):
     returns ``(partial (m,), rho_x (m, d), magnitude (m,))`` with
     bound = partial + min_{x in B} rho_x . x - rounding_slack(magnitude, ...). See the module docstring.
-    ``columns``: (col_lower, col_upper) to use instead of the program's (e.g. binaries fixed by a branch)."""
+    ``columns``: (col_lower, col_upper) to use instead of the program's (e.g. binaries fixed by a branch);
+    ``objective``: (c (m, columns), offset (m,)) instead of the program's rows (zero: a bound above 0 then
+    proves the program infeasible, Farkas' lemma)."""
     rows = np.arange(len(program.offset)) if rows is None else np.asarray(rows)
-    c, offset = program.objective[rows], program.offset[rows]
+    c, offset = (program.objective[rows], program.offset[rows]) if objective is None else objective
     R = program.relu_rows
     _, AT, absA, lo, hi = program.relu_block
     y = np.nan_to_num(np.asarray(duals, float)[:, R], nan=0.0, posinf=0.0, neginf=0.0)
@@ -278,19 +292,23 @@ def certified_lower(partial, rho_x, magnitude, x, ball, terms):
     return value - torch.as_tensor(rounding_slack(magnitude.cpu().numpy(), terms), **like)
 
 
-def solver_inputs(net, x, ball, intermediate=None):
+def solver_inputs(net, x, ball, intermediate=None, splits=None):
     """What every solver method starts from: the intermediate bounds (given, else the elementwise tightest
-    of IBP and CROWN) and the cheap lower bounds on the output rows (the better of IBP and CROWN with
-    those bounds), shape (n, m)."""
+    of IBP and CROWN; clamped to ``splits``), the cheap lower bounds on the output rows (the better of IBP
+    and CROWN with those bounds), shape (n, m), and the (n,) mask of domains the splits make empty (their
+    cheap bounds are +inf)."""
     from . import crown, ibp
 
     if intermediate is None and net.relu_sizes:
-        first = ibp.bounds(net, x, ball, compute_upper=False, return_intermediate=True)
-        second = crown.bounds(net, x, ball, compute_upper=False, return_intermediate=True)
+        first = ibp.bounds(net, x, ball, compute_upper=False, return_intermediate=True, splits=splits)
+        second = crown.bounds(net, x, ball, compute_upper=False, return_intermediate=True, splits=splits)
         intermediate = tightest(first.intermediate, second.intermediate)
-    cheap = torch.maximum(ibp.bounds(net, x, ball, compute_upper=False, intermediate=intermediate).lower,
-                          crown.bounds(net, x, ball, compute_upper=False, intermediate=intermediate).lower)
-    return intermediate or [], cheap
+    cheap = [method.bounds(net, x, ball, compute_upper=False, intermediate=intermediate, splits=splits)
+             for method in (ibp, crown)]
+    infeasible = cheap[0].infeasible | cheap[1].infeasible
+    if splits is not None and intermediate:  # the bounds the programs use, clamped (CROWN recomputes past a split)
+        intermediate = [apply_split(lo, hi, s)[:2] for (lo, hi), s in zip(intermediate, splits)]
+    return intermediate or [], torch.maximum(cheap[0].lower, cheap[1].lower), infeasible
 
 
 def example_bounds(intermediate, i):
