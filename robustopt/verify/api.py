@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._validation import check_batch, check_eps, check_labels, check_norm, check_positive_int
+from .._validation import check_batch, check_labels, check_positive_int
 from ..sets import Ball
 from .methods import Bounds, run_method
 from .network import Network, network
