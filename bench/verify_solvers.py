@@ -90,7 +90,7 @@ def _solve_one(model, x, y, eps, variant, time_limit):
         verdict = "unknown"
     elif float(res.lower.amin()) > 0:
         verdict = "certified"
-    elif np.nanmin(res.info["replayed"]) <= 0:
+    elif np.nanmin(res.replayed) <= 0:
         verdict = "falsified"
     else:
         verdict = "unknown"

@@ -81,17 +81,31 @@ class Ball:
         """lower/upper broadcast to x's shape and flattened to (n, d)."""
         if bound is None:
             return torch.full_like(x, default).flatten(1)
-        b = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
-        try:
-            return torch.broadcast_to(b, x.shape).flatten(1)
-        except RuntimeError:
-            raise ValueError(f"box bound of shape {tuple(b.shape)} does not broadcast to the batch of shape "
-                             f"{tuple(x.shape)}") from None
+        return _flat_side(bound, x, "box bound")
 
     def _delta_box(self, x: torch.Tensor):
         """Bounds (lo, hi) on delta = x' - x from the box, flattened to (n, d); lo <= 0 <= hi when x is inside."""
         xf = x.flatten(1)
         return self._bound(self.lower, x, -np.inf) - xf, self._bound(self.upper, x, np.inf) - xf
+
+    # ------------------------------------------------------------------ batches
+    def flat(self, x) -> "Ball":
+        """This ball aligned with the flat batch ``x.flatten(1)`` of shape (n, d), on x's device and dtype:
+        ``eps`` a float or a tensor (n,); ``lower`` / ``upper`` None, a float, or a tensor (n, d) (a broadcast
+        view where the box is shared). A box tensor may be given broadcastable to x (n, *s) or to (n, d).
+        Raises ``ValueError`` naming ``eps``, ``lower`` or ``upper`` when it does not fit the batch."""
+        x = torch.as_tensor(x)
+        eps = check_eps(self.eps, n=x.shape[0], like=x)
+        sides = [None if b is None else float(b) if np.ndim(b) == 0 else _flat_side(b, x, name)
+                 for b, name in ((self.lower, "lower"), (self.upper, "upper"))]
+        return Ball(eps, self.norm, *sides)
+
+    def select(self, idx) -> "Ball":
+        """The ball of the examples ``idx`` (an index, slice, list or tensor of positions, or a bool mask) of a
+        batch-aligned ball (every tensor field has the batch first, as :meth:`flat` gives): rows ``idx`` of a
+        tensor ``eps`` and of tensor box bounds; floats and None are kept."""
+        pick = lambda b: b[idx] if isinstance(b, torch.Tensor) and b.dim() > 0 else b
+        return Ball(pick(self.eps), self.norm, pick(self.lower), pick(self.upper))
 
     # ------------------------------------------------------------------ public API
     @_numpy_compatible
@@ -227,6 +241,20 @@ class Ball:
         else:
             delta = _l1_box_greedy(cf, lo, hi, r)
         return delta, cf, xf
+
+
+def _flat_side(bound, x, name):
+    """A box side (tensor or array) broadcast to the batch x (n, *s), or given as rows (n or 1, d) of the flat
+    batch, as a tensor (n, d)."""
+    b = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
+    flat_shape = (x.shape[0], int(np.prod(x.shape[1:])))
+    if b.dim() == 2 and b.shape[1] == flat_shape[1] and b.shape[0] in (1, flat_shape[0]):
+        return b.expand(flat_shape)
+    try:
+        return torch.broadcast_to(b, x.shape).reshape(flat_shape)
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(b.shape)} does not broadcast to the batch of shape "
+                         f"{tuple(x.shape)} (nor is it rows of its flat shape {flat_shape})") from None
 
 
 def _shrink_into_ball(delta, r, order):

@@ -1,4 +1,5 @@
 """The robustopt command: subprocess runs of demo / certify / compare, and one-line errors for bad input."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -76,7 +77,8 @@ def test_certify_and_compare_on_a_saved_model(model_file, tmp_path):
     c = Comparison.from_json(tmp_path / "cmp" / "comparison.json")
     assert c.ok and c.eps == [0.01, 0.03] and c.methods == ["ibp", "crown", "lp", "milp"]
     assert c.meta["command"][:2] == ["robustopt", "compare"] and c.meta["threads"] >= 1
-    for suffix in ("md", "csv", "png"):
+    plotted = importlib.util.find_spec("matplotlib") is not None  # the PNG needs the plot extra
+    for suffix in ("md", "csv", "png") if plotted else ("md", "csv"):
         assert (tmp_path / "cmp" / f"comparison.{suffix}").stat().st_size > 0
 
 

@@ -119,7 +119,7 @@ def test_certify_survives_a_killed_worker(client):
     X, y = Xt[:30], yt[:30]
     serial = certify(model, X, y, 0.1, method="milp", progress=False)
     killed = []
-    killer = threading.Thread(target=_kill_a_busy_worker, args=(client, killed, "robustopt-example_task"))
+    killer = threading.Thread(target=_kill_a_busy_worker, args=(client, killed, "robustopt-bound_task"))
     killer.start()
     on_cluster = certify(model, X, y, 0.1, method="milp", client=client, progress=False)
     killer.join()

@@ -130,6 +130,25 @@ def test_a_timed_out_solver_never_certifies_in_compare():
     assert _verdict(lower, upper, status).tolist() == ["certified", "time_limit", "falsified", "error"]
 
 
+def test_one_time_limit_for_methods_with_and_without_one(small, monkeypatch):
+    """As in certify: the time limit goes to the methods that take one (here the LP) and is ignored by the others,
+    which give the same bounds as without it."""
+    from robustopt.verify import lp
+
+    model, X, y = small
+    given = []
+    original = lp.bounds
+    monkeypatch.setattr(lp, "bounds", lambda *a, **kw: given.append(kw.get("time_limit")) or original(*a, **kw))
+    kw = dict(methods=("ibp", "crown", "lp"), attack_steps=5, progress=False)
+    limited = compare(model, X, y, 0.05, time_limit=60.0, **kw)
+    plain = compare(model, X, y, 0.05, **kw)
+    assert given and set(given[:len(given) // 2]) == {60.0} and set(given[len(given) // 2:]) == {None}
+    assert limited.settings["time_limit"] == 60.0
+    for a, b in zip(limited.rows, plain.rows):
+        assert a["ibp_lower"] == b["ibp_lower"] and a["crown_lower"] == b["crown_lower"]
+        assert a["lp_lower"] == b["lp_lower"]
+
+
 def test_check_chain_relations():
     """LP below CROWN is a violation only when the LP used CROWN's intermediate bounds and solved optimally."""
     labels = torch.tensor([1])
@@ -165,6 +184,7 @@ def test_per_example_radii_and_other_norms(small):
     (dict(methods=("lp",), options={"lp": {"steps": 3}}), "unknown option"),
     (dict(methods=("lp",), options={"crown": {}}), "not among the bound methods"),
     (dict(attack_steps=0), "attack_steps"),
+    (dict(time_limit=0), "time_limit"),
 ])
 def test_bad_arguments(small, kwargs, match):
     model, X, y = small

@@ -184,7 +184,7 @@ def reference_minimum(pieces, x0, eps, norm, box, row):
     r = np.concatenate([np.broadcast_to(t[0], np.shape(t[1])) for t in rows])
     c = np.concatenate([t[1] for t in rows])
     v = np.concatenate([np.broadcast_to(t[2], np.shape(t[1])) for t in rows])
-    A = sp.csr_array((v, (r, c)), shape=(n_rows, n_cols))
+    A = sp.csr_array((v, (r.astype(np.int32), c.astype(np.int32))), shape=(n_rows, n_cols))  # scipy < 1.13: int32
     res = scipy_milp(cost, integrality=np.concatenate(integer),
                      bounds=VariableBounds(np.concatenate(cols_lo), np.concatenate(cols_hi)),
                      constraints=LinearConstraint(A, rlo, rhi), options={"mip_rel_gap": 1e-7, "time_limit": 20.0})

@@ -193,6 +193,7 @@ def test_round_trip_of_onnx_loaded_networks(tmp_path, name):
     path = ONNX_NETS / name
     if not path.exists():
         pytest.skip(f"{path} not available")
+    pytest.importorskip("onnx")
     onnx_load = pytest.importorskip("robustopt.onnx").load
     model = onnx_load(path)
     models.save(model, tmp_path / "net.pt")

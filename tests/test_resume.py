@@ -93,10 +93,10 @@ def test_a_failing_example_is_an_error_row_and_the_run_goes_on(tmp_path, monkeyp
     model, Xt, yt = digits_model()
     original = Problem.bounds
 
-    def bounds(problem, C, method, idx, options, compute_upper=False):
+    def bounds(problem, C, method, idx, options, compute_upper=False, rows=None):
         if 3 in idx.tolist():
             raise RuntimeError("solver crashed on example 3")
-        return original(problem, C, method, idx, options, compute_upper)
+        return original(problem, C, method, idx, options, compute_upper, rows)
 
     monkeypatch.setattr(Problem, "bounds", bounds)
     with pytest.warns(UserWarning, match="1 example.*error"):

@@ -182,3 +182,47 @@ def test_float32_projection_stays_inside(norm, eps):
     p = ball.project(x + torch.randn(x.shape, generator=gen), x)
     assert p.dtype == torch.float32
     assert ball.contains(p, x, atol=1e-6).all()
+
+
+def test_flat_aligns_eps_and_box_with_the_flat_batch():
+    x = torch.rand(3, 2, 4, dtype=torch.float64)
+    per_coord = torch.zeros(2, 4)  # one example's shape: shared by all
+    per_example = torch.full((3, 1, 1), -1.0)  # broadcast to the batch
+    ball = Ball(torch.tensor([0.1, 0.2, 0.3]), 2, per_coord, per_example + 3).flat(x)
+    assert ball.norm == 2 and ball.eps.dtype == torch.float64 and ball.eps.shape == (3,)
+    assert ball.lower.shape == (3, 8) and ball.upper.shape == (3, 8) and ball.lower.dtype == torch.float64
+    assert (ball.lower == 0).all() and (ball.upper == 2).all()
+    scalars = Ball(0.1, "inf", np.float64(0.0), None).flat(x)
+    assert scalars.eps == 0.1 and scalars.lower == 0.0 and isinstance(scalars.lower, float) and scalars.upper is None
+    # a flat ball describes the same set: box and projection agree with the original on x (n, *s)
+    original = Ball(0.2, "inf", per_coord, 0.9)
+    for a, b in zip(original.box(x), original.flat(x).box(x)):
+        assert torch.equal(a, b)
+    far = x + 5
+    assert torch.equal(original.project(far, x), original.flat(x).project(far, x))
+
+
+@pytest.mark.parametrize("field, value", [("eps", torch.ones(2)), ("lower", torch.zeros(5)),
+                                          ("upper", torch.ones(3, 7))])
+def test_flat_names_the_argument_that_does_not_fit(field, value):
+    args = {"eps": 0.1, "lower": 0.0, "upper": 1.0, field: value}
+    with pytest.raises(ValueError, match=field):
+        Ball(args["eps"], "inf", args["lower"], args["upper"]).flat(torch.rand(3, 2, 4))
+
+
+def test_select_picks_rows_of_per_example_fields_only():
+    x = torch.rand(4, 3, dtype=torch.float64)
+    eps = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    ball = Ball(eps, 1, -torch.arange(4.0)[:, None], 1.0).flat(x)
+    some = ball.select(torch.tensor([3, 1]))
+    assert torch.equal(some.eps, torch.tensor([0.4, 0.2], dtype=torch.float64))
+    assert torch.equal(some.lower, torch.tensor([[-3.0] * 3, [-1.0] * 3], dtype=torch.float64))
+    assert some.upper == 1.0 and some.norm == 1
+    one = ball.select(slice(2, 3))
+    assert one.eps.shape == (1,) and one.lower.shape == (1, 3)
+    mask = ball.select(torch.tensor([True, False, False, True]))
+    assert torch.equal(mask.eps, ball.eps[[0, 3]])
+    shared = Ball(0.5, "inf", None, 2.0).select([0, 2])
+    assert shared.eps == 0.5 and shared.lower is None and shared.upper == 2.0
+    # the selected ball is the ball of those examples
+    assert torch.equal(some.box(x[[3, 1]])[0], ball.box(x)[0][[3, 1]])

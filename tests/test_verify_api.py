@@ -99,7 +99,7 @@ def test_certify_never_certifies_a_timed_out_or_failed_solve(monkeypatch, status
     from robustopt.verify.api import Problem
     from robustopt.verify.methods import Bounds
 
-    def solved(problem, spec, method, run, options, compute_upper=False):  # example 0 fails, with a bound > 0
+    def solved(problem, spec, method, run, options, compute_upper=False, rows=None):  # example 0 fails, bound > 0
         return Bounds(lower=torch.ones(len(run), spec.shape[-2], dtype=torch.float64),
                       status=np.array([status if int(i) == 0 else "optimal" for i in run]))
 
@@ -110,13 +110,23 @@ def test_certify_never_certifies_a_timed_out_or_failed_solve(monkeypatch, status
     assert res.status[0] == "unknown" and (res.status[1:] == "certified").all()
 
 
-def test_certify_time_limit_and_unknown_options():
+def test_certify_time_limit_and_unknown_options(monkeypatch):
+    """A time limit goes to the methods that take one and is ignored by the others (as in compare)."""
+    from robustopt.verify import alpha_crown
+
     model = _model()
     x, y = _data(model, n=8)
+    given = []
+    original = alpha_crown.bounds
+    monkeypatch.setattr(alpha_crown, "bounds",
+                        lambda *a, **kw: given.append(kw.get("time_limit")) or original(*a, **kw))
     res = certify(model, x, y, 0.02, method="alpha-crown", time_limit=1.0, attack=False, progress=False)
-    assert len(res.status) == 8
+    assert len(res.status) == 8 and given and set(given) == {1.0}
+    limited = certify(model, x, y, 0.02, method="crown", time_limit=1e-9, attack=False, progress=False)
+    plain = certify(model, x, y, 0.02, method="crown", attack=False, progress=False)
+    assert torch.equal(limited.margin_bounds, plain.margin_bounds) and (limited.status == plain.status).all()
     with pytest.raises(ValueError, match="time_limit"):
-        certify(model, x, y, 0.02, method="crown", time_limit=1.0, progress=False)
+        certify(model, x, y, 0.02, method="crown", time_limit=-1.0, progress=False)
     with pytest.raises(ValueError, match="unknown option"):
         certify(model, x, y, 0.02, method="crown", relaxtion="same-slope", progress=False)
 

@@ -125,7 +125,7 @@ def test_milp_time_limit_is_sound_and_unknown():
     net, ball = spec_net(model, x, y), Ball(0.3)
     res = run_method("milp", net, x, ball, compute_upper=False, time_limit=1e-3)
     assert (res.status == "time_limit").any()
-    assert (res.lower <= torch.as_tensor(res.info["replayed"]).nan_to_num(np.inf) + 1e-12).all()
+    assert (res.lower <= torch.as_tensor(res.replayed).nan_to_num(np.inf) + 1e-12).all()
     ver = certify(model, x, y, 0.3, method="milp", time_limit=1e-3, attack=False, progress=False)
     for i, state in enumerate(ver.status):
         if state == "certified":
@@ -140,12 +140,12 @@ def test_milp_early_stop_agrees_with_full_solve():
     net, ball = spec_net(model, x, y), Ball(0.12)
     full = run_method("milp", net, x, ball, compute_upper=False)
     early = run_method("milp", net, x, ball, compute_upper=False, stop_at=0.0)
-    exact = torch.as_tensor(full.info["replayed"]).amin(1)
+    exact = torch.as_tensor(full.replayed).amin(1)
     for i in range(len(x)):
         verdict = early.lower[i].amin() > 0
         assert bool(verdict) == bool(exact[i] > 0)
         if not verdict:
-            assert np.nanmin(early.info["replayed"][i]) <= 0
+            assert np.nanmin(early.replayed[i]) <= 0
     assert early.info["milp_solves"].sum() < full.info["milp_solves"].sum()
 
 
@@ -181,7 +181,7 @@ def test_all_inactive_or_all_active_relus(shift):
     assert (milp.info["binaries"] == 0).all()
     lp = run_method("lp", net, x, ball, compute_upper=False)
     assert torch.allclose(lp.lower, milp.lower, atol=1e-9)
-    assert np.allclose(milp.lower.numpy(), milp.info["replayed"], atol=1e-9)
+    assert np.allclose(milp.lower.numpy(), milp.replayed, atol=1e-9)
 
 
 def test_box_tensors_eps_tensor_and_conv_net():

@@ -90,7 +90,7 @@ def chain(seed, widths=(4, 8), cvxpy=False):
     assert (lp.status == "optimal").all() and (milp.status == "optimal").all()
     for cheap in (ibp, crown, dual):
         assert (cheap.lower <= lp_raw + LP_TOL).all()
-    margin = torch.as_tensor(milp.info["margin"]).unsqueeze(1)
+    margin = torch.as_tensor(milp.margin).unsqueeze(1)
     assert (lp_raw <= milp.lower + margin + LP_TOL).all()
     assert (milp.lower <= upper + 1e-9).all()
     assert (alpha.lower >= crown.lower - 1e-12).all()
@@ -108,8 +108,8 @@ def chain(seed, widths=(4, 8), cvxpy=False):
         assert (milp.lower[:, r] <= replayed + 1e-12).all()
     # the MILP minimum does not depend on the bounds feeding its big-M (IBP's are the loosest)
     loose = run("milp", intermediate=ibp.intermediate)
-    assert np.allclose(loose.info["replayed"], milp.info["replayed"], atol=2e-6, rtol=1e-6)
-    assert (loose.lower <= torch.as_tensor(milp.info["replayed"]) + 1e-12).all()
+    assert np.allclose(loose.replayed, milp.replayed, atol=2e-6, rtol=1e-6)
+    assert (loose.lower <= torch.as_tensor(milp.replayed) + 1e-12).all()
     if cvxpy:
         other = run("lp-cvxpy", intermediate=inter)
         assert torch.allclose(other.info["solver_lower"], lp_raw, atol=1e-5, rtol=0)
@@ -179,7 +179,7 @@ def test_milp_against_exhaustive_grid(seed):
     milp = run_method("milp", net, x, ball, compute_upper=False)
     spacing = float(max(hi - lo)) / (steps - 1)
     slack = _lipschitz_inf(model) * spacing / 2
-    exact = torch.as_tensor(milp.info["replayed"][0])
+    exact = torch.as_tensor(milp.replayed[0])
     assert (exact <= values.amin(0) + 1e-9).all()
     assert (exact >= values.amin(0) - slack).all()
     assert (milp.lower[0] <= exact + 1e-10).all() and (milp.lower[0] >= exact - 1e-5).all()
@@ -191,7 +191,7 @@ def test_certify_milp_verdicts_match_exact_minimum(seed):
     res = certify(model, x, y, eps, norm=norm, method="milp", progress=False)
     net = network(model, input_shape=x.shape[1:]).with_spec(margin_spec(y, k))
     exact = run_method("milp", net, x, Ball(eps, norm), compute_upper=False)
-    minimum = torch.as_tensor(exact.info["replayed"]).amin(1)
+    minimum = torch.as_tensor(exact.replayed).amin(1)
     ball = Ball(eps, norm)
     for i, status in enumerate(res.status):
         if status == "certified":

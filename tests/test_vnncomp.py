@@ -103,6 +103,7 @@ EASY = ["mnist-net_256x2-prop_2_0.03", "mnist-net_256x2-prop_11_0.05", "mnist-ne
 
 @pytest.mark.skipif(not os.path.isfile(VERDICTS), reason="../shared/data (VNN-COMP 2021 mnistfc) is not available")
 def test_real_mnistfc_instances_agree_with_known_verdicts():
+    pytest.importorskip("onnx")
     with open(VERDICTS, newline="") as f:
         known = {row["instance"]: row["consensus"] for row in csv.DictReader(f)}
     decided = 0

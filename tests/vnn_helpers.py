@@ -6,6 +6,7 @@ import os
 import warnings
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -62,7 +63,8 @@ def grid_objective(model, prop, steps=201):
 
 
 def export_onnx(model, path, in_features):
-    """Export an MLP with torch's TorchScript exporter (no onnxscript needed)."""
+    """Export an MLP with torch's TorchScript exporter (no onnxscript needed); skips without onnx (an extra)."""
+    pytest.importorskip("onnx")
     model = copy.deepcopy(model).float().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its retirement

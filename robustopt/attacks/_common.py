@@ -97,36 +97,20 @@ class Problem:
     x: torch.Tensor
     y: torch.Tensor
     target: torch.Tensor | None
-    ball: Ball
+    ball: Ball  # batch-aligned (Ball.flat)
     classes: int
     lo: torch.Tensor  # elementwise bounds of B(x), shape of x (for ℓ∞, B(x) is exactly [lo, hi])
     hi: torch.Tensor
 
     def subset(self, keep):
         """The problem restricted to examples ``keep`` (bool mask or indices)."""
-        n = self.x.shape[0]
         return replace(self, x=self.x[keep], y=self.y[keep],
                        target=self.target[keep] if self.target is not None else None,
-                       ball=Ball(_rows(self.ball.eps, keep, n, 1), self.ball.norm,
-                                 _rows(self.ball.lower, keep, n, self.x.dim()),
-                                 _rows(self.ball.upper, keep, n, self.x.dim())),
-                       lo=self.lo[keep], hi=self.hi[keep])
+                       ball=self.ball.select(keep), lo=self.lo[keep], hi=self.hi[keep])
 
     def objective(self, loss, goal=None, target=None):
         goal = goal or ("targeted" if self.target is not None else "untargeted")
         return Objective(loss, self.y, target if target is not None else self.target, goal, self.classes)
-
-
-def per_example(value, n, ndim) -> bool:
-    """Is ``value`` given per example: a tensor of ``ndim`` dimensions with leading dimension n (eps and labels:
-    ndim 1; box bounds: the batch's ndim, since a bound of shape (d,) is per coordinate)?"""
-    return isinstance(value, (torch.Tensor, np.ndarray)) and np.ndim(value) == ndim and value.shape[0] == n \
-        and n > 1
-
-
-def _rows(value, keep, n, ndim):
-    """Select examples from a per-example value; others pass through."""
-    return value[keep] if per_example(value, n, ndim) else value
 
 
 def setup(model, x, y, eps, norm, lower, upper, targeted=None) -> Problem:
@@ -137,8 +121,7 @@ def setup(model, x, y, eps, norm, lower, upper, targeted=None) -> Problem:
     dtype = model_dtype(model, default=x.dtype if isinstance(x, torch.Tensor) and x.is_floating_point() else None)
     x = as_inputs(x, "x", dtype=dtype, device=device).detach()
     n = x.shape[0]
-    eps = check_eps(eps, n, like=x)
-    ball = Ball(eps, norm, lower, upper)
+    ball = Ball(eps, norm, lower, upper).flat(x)  # eps and box rows aligned with the batch, for subset()
     lo, hi = ball.box(x)
     if bool(((lo - x).amax() > 1e-6) | ((x - hi).amax() > 1e-6)):  # x outside [lower, upper]
         ball.check_center(x)  # raises, explaining

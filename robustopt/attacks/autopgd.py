@@ -76,8 +76,7 @@ def _apgd_run(problem, objective, x_adv, record, idx, steps, rho):
     n = x0.shape[0]
     shape = (-1,) + (1,) * (x0.dim() - 1)
     lo, hi = problem.lo, problem.hi
-    eps = ball.eps if isinstance(ball.eps, float) else ball.eps.to(x0)
-    eta = (2 * torch.as_tensor(eps, dtype=x0.dtype, device=x0.device)).expand(n).clone().view(shape)
+    eta = (2 * torch.as_tensor(ball.eps, dtype=x0.dtype, device=x0.device)).expand(n).clone().view(shape)
 
     logits, loss, grad = forward_backward(model, objective, x_adv)
     record.observe(idx, x_adv, logits, loss, objective)

@@ -4,11 +4,12 @@ from __future__ import annotations
 import inspect
 import time
 
+import numpy as np
 import torch
 
 from .._validation import check_positive_int, reject_unknown_options
 from ..models import as_inputs, as_labels, model_device, model_dtype
-from ._common import eval_mode, margin, per_example
+from ._common import eval_mode, margin
 from .autopgd import apgd
 from .projected import fgsm, pgd
 
@@ -124,7 +125,10 @@ def evaluate_robustness(model, X, y, attack="pgd", batch_size=256, progress=True
 
 
 def _take(key, value, rows, idx, n, ndim):
-    """A per-example argument restricted to this batch's attacked examples (see ``per_example``)."""
-    if per_example(value, n, ndim if key in ("lower", "upper") else 1):
+    """A per-example argument restricted to this batch's attacked examples. Per example: a tensor or array with
+    leading dimension n (n > 1) and ``ndim`` dimensions for box bounds (one of shape (d,) is per coordinate),
+    one dimension for the others (eps, targeted)."""
+    expected = ndim if key in ("lower", "upper") else 1
+    if isinstance(value, (torch.Tensor, np.ndarray)) and np.ndim(value) == expected and value.shape[0] == n > 1:
         return torch.as_tensor(value[rows]).to(idx.device)[idx]
     return value

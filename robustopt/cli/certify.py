@@ -1,8 +1,8 @@
 """``robustopt certify MODEL``: certify, falsify or leave unknown each example with one or more bound methods."""
 from __future__ import annotations
 
-from .options import (CommandError, add_ball_options, add_cluster_options, add_data_options, add_run_options, cluster,
-                      emit, load_data, load_model, method_list, prepare_inputs, setup)
+from .options import (add_ball_options, add_cluster_options, add_data_options, add_run_options, cluster, emit,
+                      load_data, load_model, method_list, prepare_inputs, setup)
 
 DEFAULT_METHODS = ["crown"]
 
@@ -19,7 +19,8 @@ def add_parser(subparsers):
     parser.add_argument("--method", "--methods", dest="methods", action="append", metavar="M[,M...]",
                         help=f"bound method(s): {', '.join(METHODS)} (default: crown; repeat or separate by commas)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="S",
-                        help="seconds per example for the solver methods (lp, lp-cvxpy, milp) and alpha-crown")
+                        help="seconds per example for the methods that take one (lp, lp-cvxpy, milp, alpha-crown, "
+                             "beta-crown); the others ignore it")
     parser.add_argument("--no-attack", action="store_true", help="skip the PGD attack before bounding")
     parser.add_argument("--batch-size", type=int, default=128, metavar="B", help="examples per batch (default 128)")
     add_data_options(parser, n=100)
@@ -35,7 +36,7 @@ def add_parser(subparsers):
 def run(args):
     import torch
 
-    from ..verify import METHODS, certify, get_method
+    from ..verify import METHODS, certify
 
     setup(args)
     methods = method_list(args.methods, tuple(METHODS)) or DEFAULT_METHODS
@@ -45,11 +46,8 @@ def run(args):
     results = {}
     with cluster(args) as client:
         for method in methods:
-            takes_limit = "time_limit" in get_method(method).OPTIONS
-            if args.time_limit is not None and not takes_limit and len(methods) == 1:
-                raise CommandError(f"--time-limit: method {method!r} takes no time limit")
             result = certify(model, x, torch.as_tensor(y), args.eps, args.norm, method, args.lower, args.upper,
-                             batch_size=args.batch_size, time_limit=args.time_limit if takes_limit else None,
+                             batch_size=args.batch_size, time_limit=args.time_limit,
                              progress=args.progress, attack=not args.no_attack, n_jobs=args.jobs, client=client,
                              out=args.out, resume=args.resume)
             results[method] = {**result.counts, "certified_accuracy": result.certified_accuracy,

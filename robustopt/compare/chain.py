@@ -5,7 +5,7 @@ With margin rows :math:`m_j = f_y - f_j` (j != y) and :math:`\underline m^{M}_j`
 - every method: :math:`\underline m^{M}_j \le m_j(x')` at every known point x' of the ball (the clean point,
   the attacks' points, the MILP's minimizers), always valid;
 - every method: :math:`\underline m^{M}_j \le \mathrm{MILP}_j` where the MILP was solved to optimality
-  (it is then the exact minimum up to its gap; its gap, ``info["margin"]``, is added to the tolerance);
+  (it is then the exact minimum up to its gap; its gap, ``Bounds.margin``, is added to the tolerance);
 - ``lp`` / ``lp-cvxpy`` :math:`\ge` each closed-form method whose intermediate bounds it was given (and
   that the LP solved to optimality); CROWN and IBP have no fixed order, nor do CROWN and the dual network;
 - ``alpha-crown`` :math:`\ge` ``crown`` (alpha-CROWN starts from CROWN's slopes and keeps the best), unless

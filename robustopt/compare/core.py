@@ -15,6 +15,7 @@ The bound chain of the design is then checked per example and class (:mod:`.chai
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from numbers import Real
 
 import numpy as np
@@ -24,8 +25,9 @@ from tqdm.auto import tqdm
 from .._validation import check_choice, check_norm, check_positive_int, reject_unknown_options
 from ..verify import METHODS, get_method
 from ..verify.api import DEFAULT_BATCH_SIZE, Problem, labels_tensor, margin_spec
-from ..verify.methods import UNSETTLED, check_intermediate, tightest
-from ..verify.parallel import TaskError, check_client, check_n_jobs, run_tasks
+from ..verify.methods import UNSETTLED, Bounds, check_time_limit, tightest
+from ..verify.parallel import check_client, check_n_jobs
+from ..verify.runner import bound_job, bound_tasks, method_options, run_batches
 from .chain import check_chain
 from .result import Comparison
 
@@ -48,7 +50,7 @@ def _split_methods(methods):
     for m in bounds:
         get_method(m)  # a method that is not available raises here, before any work
     # closed-form methods first (their intermediate bounds feed the solvers), solvers after, the MILP last
-    bounds.sort(key=lambda m: (get_method(m).SOLVER, m == EXACT))
+    bounds.sort(key=lambda m: (get_method(m).SOLVER, get_method(m).EXACT))
     return [m for m in names if m in ATTACKS], bounds
 
 
@@ -88,114 +90,52 @@ def _run_attack(name, model, x_model, y, eps, norm, lower, upper, steps, restart
 def _attack_margins(name, model, x_model, y, problem, C, settings):
     """Margin rows (n, k-1) at the attack's points, projected onto the ball in float64 first."""
     net = problem.net
-    eps = problem.eps if isinstance(problem.eps, float) else problem.eps.to(x_model)
-    result = _run_attack(name, model, x_model, y.to(x_model.device), eps, problem.norm, settings["lower"],
-                         settings["upper"], settings["attack_steps"], settings["attack_restarts"], settings["seed"],
-                         net.out_features)
+    ball = problem.ball().flat(x_model)  # eps and box in the attack's dtype, on its device
+    result = _run_attack(name, model, x_model, y.to(x_model.device), ball.eps, problem.norm, ball.lower, ball.upper,
+                         settings["attack_steps"], settings["attack_restarts"], settings["seed"], net.out_features)
     points = result.x_adv.reshape(problem.n, -1).to(dtype=net.dtype, device=net.device)
     points = problem.ball().project(points, problem.x)
     return _point_margins(net, points, C)
 
 
 def _method_options(method, options, time_limit, intermediate):
-    module = get_method(method)
-    opts = dict(options.get(method, {}))
-    if time_limit is not None and "time_limit" in module.OPTIONS:
-        opts.setdefault("time_limit", time_limit)
-    if intermediate is not None and module.SOLVER and "intermediate" not in opts:
+    """The options of one method: the user's, the time limit where the method takes one (ignored elsewhere, see
+    :mod:`robustopt.verify.runner`), and for a solver the shared intermediate bounds."""
+    opts = method_options(method, options.get(method, {}), time_limit)
+    if intermediate is not None and get_method(method).SOLVER and "intermediate" not in opts:
         opts["intermediate"] = intermediate
     return opts
 
 
-def _bounds_chunk(shared, examples):
-    """Runs anywhere (:func:`~robustopt.verify.parallel.run_tasks`): one method on a batch of examples."""
-    problem, C, method, opts = shared
-    idx = torch.tensor(examples, dtype=torch.long, device=problem.x.device)
-    tic = time.perf_counter()
-    res = problem.bounds(C, method, idx, dict(opts, return_intermediate=True))
-    return res, time.perf_counter() - tic
-
-
-def _raise_failed(outcome, what):
-    """compare has no per-example error state: a failed task stops it, with the worker's message."""
-    if isinstance(outcome, TaskError):
-        raise RuntimeError(f"compare: {what} failed: {outcome.message}")
-    return outcome
-
-
-def _run_bounds(method, problem, C, opts, batch_size, where):
-    """One bound method on every example, a task per batch (``where``: run_tasks' ``n_jobs`` / ``client``):
-    a dict with ``lower`` rows (n, k-1), solver ``status`` (n,), ``seconds`` (n,), the ``intermediate``
-    bounds it used, ``replayed`` rows (n, k-1) of its minimizers' values (NaN where none) and the MILP's
-    ``margin`` (n,): its gap (zeros for other methods)."""
-    net, n = problem.net, problem.n
-    opts = dict(opts)
-    if opts.get("intermediate") is not None:
-        opts["intermediate"] = check_intermediate(net, opts["intermediate"], n)
-    batches = [idx.tolist() for idx in problem.batches(batch_size)]
-    results = dict(run_tasks(_bounds_chunk, (problem, C, method, opts), batches, desc=method, **where))
-    parts = {"lower": [], "status": [], "inter": [], "replayed": [], "margin": []}
-    seconds = np.zeros(n)
-    for b, rows in enumerate(batches):
-        res, spent = _raise_failed(results[b], method)
-        info = res.info or {}
-        per = info.get("seconds")
-        seconds[rows] = per if per is not None and len(per) == len(rows) else spent / len(rows)
-        parts["lower"].append(res.lower)
-        parts["status"].append(res.status if res.status is not None else np.full(len(rows), "ok"))
-        parts["inter"].append(res.intermediate or [])
-        rep = info.get("replayed")
-        parts["replayed"].append(np.full(tuple(res.lower.shape), np.nan) if rep is None else np.asarray(rep, float))
-        parts["margin"].append(np.asarray(info.get("margin", np.zeros(len(rows))), dtype=float))
-    inter = parts["inter"]
-    intermediate = [(torch.cat([b[k][0] for b in inter]), torch.cat([b[k][1] for b in inter]))
-                    for k in range(len(inter[0]))] if inter and inter[0] else None
-    return {"lower": torch.cat(parts["lower"]), "status": np.concatenate(parts["status"]).astype(str),
-            "seconds": seconds, "intermediate": intermediate,
-            "replayed": torch.as_tensor(np.concatenate(parts["replayed"]), dtype=net.dtype, device=net.device),
-            "margin": np.concatenate(parts["margin"])}
-
-
-def _exact_example(shared, task):
-    """Runs anywhere: the MILP on example i's candidate rows of C."""
-    from ..verify.methods import run_method
-
-    problem, C, opts, inter = shared
-    i, rows = task
-    idx = torch.tensor([i], device=problem.x.device)
-    example_opts = dict(opts)
-    if inter is not None:
-        example_opts["intermediate"] = [(lo[idx], hi[idx]) for lo, hi in inter]
-    tic = time.perf_counter()
-    res = run_method(EXACT, problem.net.with_spec(C[i:i + 1, rows]), problem.x[idx], problem.ball(idx),
-                     compute_upper=False, **example_opts)
-    return res, time.perf_counter() - tic
+def _run_bounds(method, problem, C, opts, batch_size, where) -> Bounds:
+    """One bound method on every example, a task per batch (``where``: ``n_jobs`` / ``client``), through the batch
+    runner: ``lower`` rows (n, k-1), ``status``, ``seconds`` (n,), the ``intermediate`` bounds it used and, for the
+    MILP, ``replayed`` rows of its minimizers' values and its gap ``margin`` (n,)."""
+    job = bound_job(problem, C, method, dict(opts, return_intermediate=True))
+    return run_batches(job, problem.batches(batch_size), desc=method, **where)
 
 
 def _run_exact(problem, C, opts, lowers, upper_rows, where):
     """The MILP on the rows that can attain each example's minimum margin, a task per example: a row whose best
     lower bound so far exceeds the smallest margin seen at a point cannot be the minimum, so it keeps that
-    (proven) bound. Returns :func:`_run_bounds`'s dict plus ``solved`` (n, k-1), the rows the MILP solved."""
-    net, n, m = problem.net, problem.n, C.shape[1]
-    cheap = torch.full((n, m), -float("inf"), dtype=net.dtype, device=net.device)
-    for low in lowers.values():
-        cheap = torch.maximum(cheap, low)
+    (proven) bound. Returns the Bounds of every row (as :func:`_run_bounds`) and ``solved`` (n, k-1), the rows
+    the MILP solved."""
+    net, n = problem.net, problem.n
+    cheap = torch.stack(list(lowers.values())).amax(0) if lowers else \
+        torch.full((n, C.shape[1]), -float("inf"), dtype=net.dtype, device=net.device)
     candidate = cheap <= upper_rows.amin(1, keepdim=True)
-    inter = opts.pop("intermediate", None)
-    inter = check_intermediate(net, inter, n) if inter is not None else None
-    out = {"lower": cheap.clone(), "status": np.full(n, "optimal", dtype=object), "seconds": np.zeros(n),
-           "intermediate": inter, "replayed": torch.full_like(cheap, float("nan")), "margin": np.zeros(n),
-           "solved": candidate.cpu().numpy()}
-    tasks = [(i, torch.nonzero(candidate[i]).flatten()) for i in range(n)]
-    for t, outcome in run_tasks(_exact_example, (problem, C, opts, inter), tasks, desc=EXACT, **where):
-        (i, rows), (res, spent) = tasks[t], _raise_failed(outcome, f"{EXACT} on example {t}")
-        out["seconds"][i] = spent
-        out["lower"][i, rows] = torch.maximum(cheap[i, rows], res.lower[0])
-        out["status"][i] = res.status[0]
-        out["replayed"][i, rows] = torch.as_tensor(res.info["replayed"][0], dtype=net.dtype, device=net.device)
-        out["margin"][i] = res.info["margin"][0]
-    out["status"] = out["status"].astype(str)
-    return out
+    job = bound_job(problem, C, EXACT, opts)
+    out = Bounds(lower=cheap.clone(), status=np.full(n, "optimal", dtype=object), seconds=np.zeros(n),
+                 intermediate=job.options.get("intermediate"), replayed=torch.full_like(cheap, float("nan")),
+                 margin=np.zeros(n))
+    tasks = [([i], torch.nonzero(candidate[i]).flatten().tolist()) for i in range(n)]
+    for i, res in bound_tasks(job, tasks, desc=EXACT, **where):
+        rows = tasks[i][1]
+        out.lower[i, rows] = torch.maximum(cheap[i, rows], res.lower[0])
+        out.replayed[i, rows] = res.replayed[0].to(out.replayed)
+        out.status[i], out.seconds[i], out.margin[i] = res.status[0], res.seconds[0], res.margin[0]
+    out.status = out.status.astype(str)
+    return out, candidate.cpu().numpy()
 
 
 def _verdict(lower, upper, solver_status):
@@ -206,6 +146,127 @@ def _verdict(lower, upper, solver_status):
     failed = (out == "unknown") & unsettled
     out[failed] = solver_status[failed]
     return out.astype(str)
+
+
+@dataclass
+class _Run:
+    """The settings of one :func:`compare` call, checked, shared by every radius."""
+
+    model: object
+    x: torch.Tensor
+    y: object
+    norm: object
+    lower: object
+    upper: object
+    dtype: torch.dtype
+    attacks: list
+    methods: list
+    options: dict
+    time_limit: object
+    exact: str
+    shared_intermediate: bool
+    batch_size: int
+    where: dict
+    attack_settings: dict
+    atol: float
+    rtol: float
+    bar: object = None
+
+    def step(self, level, levels, name):
+        self.bar.set_postfix_str(f"eps {level + 1}/{levels}: {name}")
+
+
+def _check_options(options, bound_methods):
+    """``{method: {option: value}}`` for methods among those compared, with options they take."""
+    options = dict(options or {})
+    for name, opts in options.items():
+        if name not in bound_methods:
+            raise ValueError(f"options given for {name!r}, which is not among the bound methods compared "
+                             f"({', '.join(bound_methods) or 'none'})")
+        if not isinstance(opts, dict):
+            raise ValueError(f"options[{name!r}] must be a dict of option names to values; got {opts!r}")
+        reject_unknown_options(opts, f"options[{name!r}]", get_method(name).OPTIONS - {"compute_upper",
+                                                                                       "return_intermediate"})
+    return options
+
+
+def _check_norm(norm, bound_methods):
+    norm = check_norm(norm)
+    for name in bound_methods:
+        if norm not in get_method(name).NORMS:
+            raise ValueError(f"method {name!r} does not handle the l_{norm} ball (it takes "
+                             f"{', '.join(f'l_{p}' for p in get_method(name).NORMS)}); drop it from methods")
+    return norm
+
+
+def _attack_level(run, problem, labels, C, upper_rows, step):
+    """Every attack at one radius: (margin rows (n, k-1) of the best point so far, {attack: min margin (n,)},
+    {attack: seconds (n,)})."""
+    attack_min, seconds, n = {}, {}, problem.n
+    for name in run.attacks:
+        step(name)
+        tic = time.perf_counter()
+        found = _attack_margins(name, run.model, run.x, labels, problem, C, run.attack_settings)
+        seconds[name] = np.full(n, (time.perf_counter() - tic) / max(n, 1))
+        attack_min[name] = found.amin(1)
+        upper_rows = torch.minimum(upper_rows, found)
+        run.bar.update()
+    return upper_rows, attack_min, seconds
+
+
+def _bound_level(run, problem, C, upper_rows, step):
+    """Every bound method at one radius, closed-form ones first (their intermediate bounds may feed the solvers):
+    a dict of ``lowers``, ``status``, ``seconds`` ({method: ...}), ``upper_rows`` (lowered by the MILP's
+    replayed points), ``lp_inputs`` (the methods whose intermediate bounds the solvers used), the MILP's
+    ``margin`` and ``solved`` rows (None without the MILP)."""
+    out = {"lowers": {}, "status": {}, "seconds": {}, "margin": None, "solved": None}
+    inter, used_inter = {}, None
+    for name in run.methods:
+        step(name)
+        solver = get_method(name).SOLVER
+        if solver and run.shared_intermediate and inter and used_inter is None:
+            used_inter = tightest(*inter.values())
+        opts = _method_options(name, run.options, run.time_limit, used_inter if solver else None)
+        if name == EXACT and run.exact == "min":
+            res, out["solved"] = _run_exact(problem, C, opts, out["lowers"], upper_rows, run.where)
+        else:
+            res = _run_bounds(name, problem, C, opts, run.batch_size, run.where)
+        out["lowers"][name], out["seconds"][name] = res.lower, res.seconds
+        out["status"][name] = res.status if res.status is not None else np.full(problem.n, "ok")
+        if not solver and res.intermediate is not None and "intermediate" not in run.options.get(name, {}):
+            inter[name] = res.intermediate
+        if name == EXACT:
+            out["margin"] = res.margin
+        if res.replayed is not None:
+            upper_rows = torch.minimum(upper_rows, torch.nan_to_num(res.replayed.to(upper_rows), nan=float("inf")))
+        run.bar.update()
+    # the methods whose intermediate bounds the solvers used: shared ones, else their default (IBP, CROWN)
+    out["lp_inputs"] = list(inter) if used_inter is not None else [m for m in ("ibp", "crown")
+                                                                   if not run.options.get(m)]
+    out["upper_rows"] = upper_rows
+    return out
+
+
+def _one_level(run, level, levels):
+    """One radius: attacks, then bounds, then the chain check and the tables. Returns (rows, summary,
+    violations)."""
+    eps_value = levels[level]
+    step = lambda name: run.step(level, len(levels), name)
+    problem = Problem(run.model, run.x, eps_value, run.norm, run.lower, run.upper, run.dtype)
+    labels = labels_tensor(run.y, problem)
+    C = margin_spec(labels, problem.net.out_features, problem.net.dtype)
+    clean = _point_margins(problem.net, problem.x, C)
+    upper_rows, attack_min, seconds = _attack_level(run, problem, labels, C, clean.clone(), step)
+    b = _bound_level(run, problem, C, upper_rows, step)
+    seconds.update(b["seconds"])
+    found, count = check_chain(b["lowers"], b["upper_rows"], b["status"], labels, b["lp_inputs"], run.options,
+                               b["margin"], b["solved"], atol=run.atol, rtol=run.rtol)
+    for v in found:
+        v.update(level=level, eps=_level_value(eps_value), example=int(v["example"]))
+    rows, summary = _tables(level, eps_value, labels, clean, b["upper_rows"], attack_min, b["lowers"], b["status"],
+                            seconds, found)
+    summary["chain_checks"] = count
+    return rows, summary, found
 
 
 def compare(model, X, y, eps, methods=DEFAULT_METHODS, norm="inf", lower=0.0, upper=1.0, *, attack_steps=100,
@@ -225,8 +286,9 @@ def compare(model, X, y, eps, methods=DEFAULT_METHODS, norm="inf", lower=0.0, up
         ``"lp-cvxpy"``, ``"milp"``; lower bounds). ``"milp"`` is the exact value.
     norm, lower, upper : the ball (``lower``/``upper``: numbers, None, or tensors broadcastable to X).
     attack_steps, attack_restarts : length of each attack (margin loss for PGD, DLR for APGD).
-    time_limit : seconds per example for the methods that take one (solvers, alpha-CROWN); a solver that
-        runs out is reported with status ``time_limit`` and its proven bound so far.
+    time_limit : seconds per example for the methods that take one (``TAKES_TIME_LIMIT``: solvers, alpha- and
+        beta-CROWN), ignored for the others (as in ``certify``); a solver that runs out is reported with status
+        ``time_limit`` and its proven bound so far.
     exact : ``"min"`` (default): the MILP solves, per example, only the classes j that can attain the minimum
         margin (those whose best lower bound so far is <= the smallest margin seen at a point of the ball): that
         gives the exact minimum over j, the number the tables report; the other classes keep their best
@@ -246,84 +308,31 @@ def compare(model, X, y, eps, methods=DEFAULT_METHODS, norm="inf", lower=0.0, up
     soundness bug: it is reported with a warning and in the summary, never corrected.
     """
     attacks, bound_methods = _split_methods(methods)
-    where = {"n_jobs": check_n_jobs(n_jobs), "client": check_client(client, n_jobs)}
-    options = dict(options or {})
-    for name, opts in options.items():
-        if name not in bound_methods:
-            raise ValueError(f"options given for {name!r}, which is not among the bound methods compared "
-                             f"({', '.join(bound_methods) or 'none'})")
-        if not isinstance(opts, dict):
-            raise ValueError(f"options[{name!r}] must be a dict of option names to values; got {opts!r}")
-        reject_unknown_options(opts, f"options[{name!r}]", get_method(name).OPTIONS - {"compute_upper",
-                                                                                       "return_intermediate"})
-    norm = check_norm(norm)
-    for name in bound_methods:
-        if norm not in get_method(name).NORMS:
-            raise ValueError(f"method {name!r} does not handle the l_{norm} ball (it takes "
-                             f"{', '.join(f'l_{p}' for p in get_method(name).NORMS)}); drop it from methods")
     check_choice(exact, ("min", "all"), "exact")
     attack_steps = check_positive_int(attack_steps, "attack_steps")
     attack_restarts = check_positive_int(attack_restarts, "attack_restarts")
-    settings = {"lower": lower, "upper": upper, "attack_steps": attack_steps, "attack_restarts": attack_restarts,
-                "seed": seed}
-    x_model = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(X))
-    rows, summaries, violations, checks = [], [], [], 0
+    run = _Run(model=model, x=X if isinstance(X, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(X)), y=y,
+               norm=_check_norm(norm, bound_methods), lower=lower, upper=upper, dtype=dtype, attacks=attacks,
+               methods=bound_methods, options=_check_options(options, bound_methods),
+               time_limit=check_time_limit(time_limit), exact=exact, shared_intermediate=shared_intermediate,
+               batch_size=batch_size, where={"n_jobs": check_n_jobs(n_jobs), "client": check_client(client, n_jobs)},
+               attack_settings={"attack_steps": attack_steps, "attack_restarts": attack_restarts, "seed": seed},
+               atol=atol, rtol=rtol)
     levels = _levels(eps)
-    bar = tqdm(total=len(levels) * (len(attacks) + len(bound_methods)), desc="compare", disable=not progress)
-    for level, eps_value in enumerate(levels):
-        problem = Problem(model, x_model, eps_value, norm, lower, upper, dtype)
-        labels = labels_tensor(y, problem)
-        net, n, k = problem.net, problem.n, problem.net.out_features
-        C = margin_spec(labels, k, net.dtype)
-        clean = _point_margins(net, problem.x, C)
-        upper_rows = clean.clone()
-        attack_min, seconds = {}, {}
-        for name in attacks:
-            bar.set_postfix_str(f"eps {level + 1}/{len(levels)}: {name}")
-            tic = time.perf_counter()
-            found = _attack_margins(name, model, x_model, labels, problem, C, settings)
-            seconds[name] = np.full(n, (time.perf_counter() - tic) / max(n, 1))
-            attack_min[name] = found.amin(1)
-            upper_rows = torch.minimum(upper_rows, found)
-            bar.update()
-        lowers, status, inter, used_inter, milp_margin, milp_solved = {}, {}, {}, None, None, None
-        for name in bound_methods:
-            bar.set_postfix_str(f"eps {level + 1}/{len(levels)}: {name}")
-            solver = get_method(name).SOLVER
-            if solver and shared_intermediate and inter and used_inter is None:
-                used_inter = tightest(*inter.values())
-            opts = _method_options(name, options, time_limit, used_inter if solver else None)
-            if name == EXACT and exact == "min":
-                out = _run_exact(problem, C, opts, lowers, upper_rows, where)
-                milp_solved = out["solved"]
-            else:
-                out = _run_bounds(name, problem, C, opts, batch_size, where)
-            lowers[name], status[name], seconds[name] = out["lower"], out["status"], out["seconds"]
-            if not solver and out["intermediate"] is not None and "intermediate" not in options.get(name, {}):
-                inter[name] = out["intermediate"]
-            if name == EXACT:
-                milp_margin = out["margin"]
-            upper_rows = torch.minimum(upper_rows, torch.nan_to_num(out["replayed"], nan=float("inf")))
-            bar.update()
-        # the methods whose intermediate bounds the solvers used: shared ones, else their default (IBP, CROWN)
-        lp_inputs = list(inter) if used_inter is not None else [m for m in ("ibp", "crown") if not options.get(m)]
-        found, count = check_chain(lowers, upper_rows, status, labels, lp_inputs, options, milp_margin,
-                                   milp_solved, atol=atol, rtol=rtol)
-        checks += count
-        for v in found:
-            v.update(level=level, eps=_level_value(eps_value), example=int(v["example"]))
-        violations += found
-        level_rows, summary = _tables(level, eps_value, labels, clean, upper_rows, attack_min, lowers, status,
-                                      seconds, found)
-        summary["chain_checks"] = count
-        rows += level_rows
-        summaries.append(summary)
-    bar.close()
-    settings = {"norm": problem.norm, "lower": _level_value(lower) if lower is not None else None,
+    rows, summaries, violations = [], [], []
+    with tqdm(total=len(levels) * (len(attacks) + len(bound_methods)), desc="compare", disable=not progress) as bar:
+        run.bar = bar
+        for level in range(len(levels)):
+            level_rows, summary, found = _one_level(run, level, levels)
+            rows += level_rows
+            summaries.append(summary)
+            violations += found
+    settings = {"norm": run.norm, "lower": _level_value(lower) if lower is not None else None,
                 "upper": _level_value(upper) if upper is not None else None, "attack_steps": attack_steps,
                 "attack_restarts": attack_restarts, "time_limit": time_limit, "exact": exact,
-                "shared_intermediate": shared_intermediate, "options": options, "atol": atol, "rtol": rtol,
-                "seed": seed, "dtype": str(dtype).replace("torch.", ""), "chain_checks": checks}
+                "shared_intermediate": shared_intermediate, "options": run.options, "atol": atol, "rtol": rtol,
+                "seed": seed, "dtype": str(dtype).replace("torch.", ""),
+                "chain_checks": sum(summary["chain_checks"] for summary in summaries)}
     comparison = Comparison(eps=[_level_value(e) for e in levels], attacks=attacks, methods=bound_methods,
                             rows=rows, summary=summaries, violations=violations, settings=settings)
     comparison.warn_violations()

@@ -8,7 +8,7 @@ import torch
 
 from .._validation import check_positive_int
 from ..attacks import evaluate_robustness
-from ..verify import certify, get_method
+from ..verify import certify
 
 __all__ = ["evaluate"]
 
@@ -38,7 +38,7 @@ def evaluate(model, X, y, eps, norm="inf", lower=0.0, upper=1.0, *, pgd_steps=40
     robust accuracy; each certification method in ``certify_methods`` (names of :func:`robustopt.verify.certify`
     methods, or ``(name, n)`` pairs to run on the first n examples only: slow methods on a subset) a lower
     bound, computed in float64 without an attack. ``time_limit``: seconds per example, for the methods that take
-    one (solvers, alpha-CROWN).
+    one (solvers, alpha-CROWN); the others ignore it.
 
     Returns a dict: ``clean_accuracy``, ``pgd_accuracy``, ``n``, ``certified_accuracy`` ({method: value}),
     ``certified_n`` ({method: examples used}), ``seconds`` ({"pgd": ..., method: ...}), and per example (numpy
@@ -58,9 +58,8 @@ def evaluate(model, X, y, eps, norm="inf", lower=0.0, upper=1.0, *, pgd_steps=40
     out["pgd_robust"] = attacked["robust"] if pgd_steps else attacked["clean_margin"] > 0
     for method, n in plan:
         tic = time.perf_counter()
-        takes_limit = time_limit is not None and "time_limit" in get_method(method).OPTIONS
         result = certify(model, _rows(X, n), _rows(y, n), eps, norm, method, lower, upper, batch_size=batch_size,
-                         time_limit=time_limit if takes_limit else None, progress=progress, attack=False)
+                         time_limit=time_limit, progress=progress, attack=False)
         out["certified_accuracy"][method] = result.certified_accuracy
         out["certified_n"][method] = n
         out["certified"][method] = result.status == "certified"

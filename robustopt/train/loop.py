@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from numbers import Real
 
 import numpy as np
@@ -53,17 +54,11 @@ def _check_model(model):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
 
 
-def _check_box(bound, X, name):
-    """lower / upper: None, a number, or a tensor broadcastable to one example (a box shared by all)."""
-    if bound is None or (isinstance(bound, Real) and not isinstance(bound, bool)):
-        return None if bound is None else float(bound)
-    b = torch.as_tensor(bound, dtype=X.dtype, device=X.device)
-    try:
-        torch.broadcast_to(b, X.shape[1:])
-    except RuntimeError:
-        raise ValueError(f"{name} must be a number, None, or a tensor broadcastable to one example of shape "
-                         f"{tuple(X.shape[1:])}; got shape {tuple(b.shape)}") from None
-    return b
+def _check_box(lower, upper, X):
+    """lower / upper: each None, a number, or a tensor broadcastable to one example (a box shared by all); returned
+    as None, floats, or tensors of one example's shape on X's device and dtype."""
+    ball = Ball(0.0, "inf", lower, upper).flat(X[:1])
+    return tuple(b.reshape(X.shape[1:]) if isinstance(b, torch.Tensor) else b for b in (ball.lower, ball.upper))
 
 
 def _eps_window(eps_ramp, method, epochs):
@@ -80,7 +75,7 @@ def _device(device):
 
 def _batch_seed(seed, *stream):
     """An independent seed for (seed, stream...), e.g. one per (epoch, batch)."""
-    return int(np.random.SeedSequence([seed, *stream]).generate_state(1, np.uint64)[0] & (2 ** 62 - 1))
+    return int(np.random.SeedSequence([seed, *stream]).generate_state(1, np.uint64)[0]) & (2 ** 62 - 1)
 
 
 # ---------------------------------------------------------------------------------------------- the objective alone
@@ -92,7 +87,7 @@ def robust_loss(model, X, y, method="pgd", eps=0.1, norm="inf", lower=0.0, upper
     batch_size = check_positive_int(batch_size, "batch_size")
     X = as_inputs(X, "X", dtype=model_dtype(model), device=model_device(model))
     y = as_labels(y, X.shape[0], None, "y", device=X.device)
-    ctx = Context(check_eps(eps), check_norm(norm), _check_box(lower, X, "lower"), _check_box(upper, X, "upper"),
+    ctx = Context(check_eps(eps), check_norm(norm), *_check_box(lower, upper, X),
                   options=check_options(method, options))
     total = torch.zeros((), dtype=X.dtype, device=X.device)
     for b, batch in enumerate(torch.arange(X.shape[0], device=X.device).split(batch_size)):
@@ -143,6 +138,59 @@ def train(model, X, y, method="pgd", eps=0.1, norm="inf", *, epochs=10, batch_si
     ``eval_data``: ``eval_epoch`` and ``eval_accuracy``, ``eval_pgd_accuracy``, ``eval_certified_accuracy``
     ({method: [...]}); ``checkpoints`` (paths written); ``seconds`` (training, without evaluation).
     """
+    run = _setup(model, X, y, method, eps, norm, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                 momentum=momentum, lr_schedule=lr_schedule, weight_decay=weight_decay, eps_ramp=eps_ramp, lower=lower,
+                 upper=upper, eval_data=eval_data, eval_every=eval_every, eval_pgd_steps=eval_pgd_steps,
+                 device=device, seed=seed, options=options)
+    history = {"method": run.method, "eps": run.eps, "norm": run.norm, "epochs": run.epochs, "device": str(run.device),
+               "options": run.options, "eps_ramp": run.window, "loss": [], "accuracy": [], "eps_schedule": [],
+               "lr_schedule": [], "seconds_per_epoch": [], "checkpoints": []}
+    generator = torch.Generator().manual_seed(int(seed))
+    bar = range(run.epochs)
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(bar, desc=f"train ({run.method})", leave=False)
+    for epoch in bar:
+        tic = time.perf_counter()
+        loss, accuracy, eps_now = _epoch(model, run, generator, epoch)
+        _record(history, run, model, epoch, time.perf_counter() - tic, loss, accuracy, eps_now, eval_data,
+                eval_certify, checkpoint)
+        if progress:
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", eps=f"{eps_now:.4g}")
+    history["seconds"] = float(sum(history["seconds_per_epoch"]))
+    return history
+
+
+@dataclass
+class _Run:
+    """The checked settings of one :func:`train` call: the data on the device, the ball, the schedules, the
+    optimizer and the method's loss."""
+
+    method: str
+    options: dict
+    eps: float
+    norm: object
+    epochs: int
+    batch_size: int
+    eval_every: int
+    eval_pgd_steps: int
+    lr: float
+    lr_schedule: object
+    window: object
+    device: torch.device
+    X: torch.Tensor
+    y: torch.Tensor
+    lower: object
+    upper: object
+    seed: int
+    opt: torch.optim.Optimizer
+    loss_fn: object
+
+
+def _setup(model, X, y, method, eps, norm, *, epochs, batch_size, lr, optimizer, momentum, lr_schedule, weight_decay,
+           eps_ramp, lower, upper, eval_data, eval_every, eval_pgd_steps, device, seed, options) -> _Run:
+    """Check every argument of :func:`train` (``ValueError`` naming it), move the model and the data to the
+    device, and build the optimizer."""
     _check_model(model)
     method = check_choice(method, tuple(METHODS), "method")
     options = check_options(method, options)
@@ -159,11 +207,10 @@ def train(model, X, y, method="pgd", eps=0.1, norm="inf", *, epochs=10, batch_si
     device = _device(device)
     model.to(device)
     X = as_inputs(X, "X", dtype=model_dtype(model), device=device)
-    n = X.shape[0]
     with eval_mode(model), torch.no_grad():
         classes = model(X[:1]).shape[1]
-    y = as_labels(y, n, classes, "y", device=device)
-    lower, upper = _check_box(lower, X, "lower"), _check_box(upper, X, "upper")
+    y = as_labels(y, X.shape[0], classes, "y", device=device)
+    lower, upper = _check_box(lower, upper, X)
     Ball(eps, norm, lower, upper).check_center(X, "X")
     if eval_data is not None:
         if not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 2):
@@ -174,55 +221,53 @@ def train(model, X, y, method="pgd", eps=0.1, norm="inf", *, epochs=10, batch_si
         raise ValueError("model has no trainable parameters")
     opt = (torch.optim.Adam(params, lr=lr, weight_decay=weight_decay) if optimizer == "adam" else
            torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay))
-    loss_fn = METHODS[method].loss
-    generator = torch.Generator().manual_seed(int(seed))
-    batches = math.ceil(n / batch_size)
-    history = {"method": method, "eps": eps, "norm": norm, "epochs": epochs, "device": str(device),
-               "options": options, "eps_ramp": window, "loss": [], "accuracy": [], "eps_schedule": [],
-               "lr_schedule": [], "seconds_per_epoch": [], "checkpoints": []}
-    bar = range(epochs)
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(bar, desc=f"train ({method})", leave=False)
-    for epoch in bar:
-        tic = time.perf_counter()
-        total_loss = torch.zeros((), dtype=X.dtype, device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        for b, batch in enumerate(torch.randperm(n, generator=generator).to(device).split(batch_size)):
-            t = epoch + b / batches
-            position = 1.0 if window is None else ramp(t, *window, 0.0, 1.0)
-            ctx = Context(eps * position, norm, lower, upper, position, _batch_seed(seed, 1, epoch, b), options)
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_factor(lr_schedule, t, epochs)
-            model.train()
-            loss, logits = loss_fn(model, X[batch], y[batch], ctx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if logits is None:
-                model.eval()
-                with torch.no_grad():
-                    logits = model(X[batch])
-            total_loss += loss.detach() * len(batch)
-            correct += (logits.detach().argmax(1) == y[batch]).sum()
-        model.eval()
-        history["seconds_per_epoch"].append(time.perf_counter() - tic)
-        history["loss"].append(float(total_loss) / n)
-        history["accuracy"].append(int(correct) / n)
-        history["eps_schedule"].append(ctx.eps)
-        history["lr_schedule"].append(opt.param_groups[0]["lr"])
-        if eval_data is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-            _evaluate_into(history, model, eval_data, epoch + 1, eps, norm, lower, upper, eval_pgd_steps,
-                           eval_certify, seed)
-        if checkpoint is not None:
-            path = str(checkpoint).format(epoch=epoch + 1)
-            save(model, path)
-            history["checkpoints"].append(path)
-        if progress:
-            bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", acc=f"{history['accuracy'][-1]:.3f}",
-                            eps=f"{ctx.eps:.4g}")
-    history["seconds"] = float(sum(history["seconds_per_epoch"]))
-    return history
+    return _Run(method, options, eps, norm, epochs, batch_size, eval_every, eval_pgd_steps, lr, lr_schedule, window,
+                device, X, y, lower, upper, seed, opt, METHODS[method].loss)
+
+
+def _epoch(model, run, generator, epoch):
+    """One pass over shuffled minibatches, ε, κ and the learning rate following their schedules per batch; returns
+    (mean loss, clean accuracy on the training batches, ε at the last batch). Leaves the model in eval mode."""
+    X, y, n, device = run.X, run.y, run.X.shape[0], run.device
+    batches = math.ceil(n / run.batch_size)
+    total_loss = torch.zeros((), dtype=X.dtype, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for b, batch in enumerate(torch.randperm(n, generator=generator).to(device).split(run.batch_size)):
+        t = epoch + b / batches
+        position = 1.0 if run.window is None else ramp(t, *run.window, 0.0, 1.0)
+        ctx = Context(run.eps * position, run.norm, run.lower, run.upper, position,
+                      _batch_seed(run.seed, 1, epoch, b), run.options)
+        for group in run.opt.param_groups:
+            group["lr"] = run.lr * lr_factor(run.lr_schedule, t, run.epochs)
+        model.train()
+        loss, logits = run.loss_fn(model, X[batch], y[batch], ctx)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        if logits is None:
+            model.eval()
+            with torch.no_grad():
+                logits = model(X[batch])
+        total_loss += loss.detach() * len(batch)
+        correct += (logits.detach().argmax(1) == y[batch]).sum()
+    model.eval()
+    return float(total_loss) / n, int(correct) / n, ctx.eps
+
+
+def _record(history, run, model, epoch, seconds, loss, accuracy, eps_now, eval_data, eval_certify, checkpoint):
+    """The bookkeeping after an epoch: its numbers, an evaluation when due, a checkpoint when asked."""
+    history["seconds_per_epoch"].append(seconds)
+    history["loss"].append(loss)
+    history["accuracy"].append(accuracy)
+    history["eps_schedule"].append(eps_now)
+    history["lr_schedule"].append(run.opt.param_groups[0]["lr"])
+    if eval_data is not None and ((epoch + 1) % run.eval_every == 0 or epoch + 1 == run.epochs):
+        _evaluate_into(history, model, eval_data, epoch + 1, run.eps, run.norm, run.lower, run.upper,
+                       run.eval_pgd_steps, eval_certify, run.seed)
+    if checkpoint is not None:
+        path = str(checkpoint).format(epoch=epoch + 1)
+        save(model, path)
+        history["checkpoints"].append(path)
 
 
 def _evaluate_into(history, model, eval_data, epoch, eps, norm, lower, upper, pgd_steps, certify_methods, seed):

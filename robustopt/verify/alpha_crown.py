@@ -47,6 +47,10 @@ NORMS = ("inf", 2, 1)
 OPTIONS = COMMON_OPTIONS | {"steps", "lr", "lr_decay", "stop_at", "time_limit", "splits", "memory", "alphas",
                             "search_dtype", "skip_stable"}
 SOLVER = False
+EXACT = False
+TAKES_TIME_LIMIT = True
+TAKES_STOP_AT = True
+TAKES_SPLITS = True
 
 
 @dataclass

@@ -13,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._validation import check_batch, check_eps, check_labels, check_norm, check_positive_int
+from .._validation import check_batch, check_labels, check_positive_int
 from ..sets import Ball
-from .methods import check_intermediate, run_method
+from .methods import Bounds, run_method
 from .network import Network, network
+from .runner import bound_job, run_batches
 
 __all__ = ["logit_bounds", "margin_bounds", "spec_bounds", "margin_spec", "Problem"]
 
@@ -29,21 +30,10 @@ def _as_tensor(x):
     return x
 
 
-def _flat_box(bound, x, name):
-    """A box bound as a float, None, or a tensor (n, d) aligned with the flat batch."""
-    if bound is None or (np.ndim(bound) == 0 and not isinstance(bound, torch.Tensor)):
-        return None if bound is None else float(bound)
-    b = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
-    if b.dim() == 0:
-        return float(b)
-    try:
-        return torch.broadcast_to(b, x.shape).reshape(x.shape[0], -1)
-    except RuntimeError:
-        raise ValueError(f"{name} of shape {tuple(b.shape)} does not broadcast to x of shape {tuple(x.shape)}") from None
-
-
 class Problem:
-    """A model, a batch and a ball, validated once and cut into batches of examples."""
+    """A model, a batch and a ball, validated once and cut into batches of examples. ``x`` is flat (n, d) in
+    the network's dtype; ``eps``, ``lower``, ``upper`` are those of :meth:`Ball.flat` (floats, None, or
+    tensors aligned with ``x``)."""
 
     def __init__(self, model, x, eps, norm="inf", lower=0.0, upper=1.0, dtype=torch.float64):
         x = check_batch(_as_tensor(x), "x")
@@ -53,23 +43,26 @@ class Problem:
             self.net = network(model, input_shape=tuple(x.shape[1:]), dtype=dtype)
         self.n = x.shape[0]
         self.x = self.net.flatten_input(x)
-        self.eps = check_eps(eps, n=self.n, like=self.x)
-        self.norm = check_norm(norm)
-        x_on = x.to(dtype=self.net.dtype, device=self.net.device)
-        self.lower, self.upper = _flat_box(lower, x_on, "lower"), _flat_box(upper, x_on, "upper")
-        self.ball().check_center(self.x)
+        ball = Ball(eps, norm, lower, upper).flat(x.to(dtype=self.net.dtype, device=self.net.device))
+        self.eps, self.norm, self.lower, self.upper = ball.eps, ball.norm, ball.lower, ball.upper
+        ball.check_center(self.x)
+        self._ball = ball
 
     def ball(self, idx=None) -> Ball:
-        pick = (lambda b: b) if idx is None else (lambda b: b[idx] if isinstance(b, torch.Tensor) else b)
-        return Ball(pick(self.eps), self.norm, pick(self.lower), pick(self.upper))
+        """The ball of the examples ``idx`` (all when None)."""
+        return self._ball if idx is None else self._ball.select(idx)
 
     def batches(self, batch_size):
         batch_size = check_positive_int(batch_size, "batch_size")
         return [torch.arange(i, min(i + batch_size, self.n), device=self.x.device) for i in range(0, self.n, batch_size)]
 
-    def bounds(self, C, method, idx, options, compute_upper=False):
-        """run_method on the examples ``idx`` with the spec C ((m, k) shared or (n, m, k)) folded in."""
+    def bounds(self, C, method, idx, options, compute_upper=False, rows=None):
+        """run_method on the examples ``idx`` with the spec C ((m, k) shared or (n, m, k)) folded in (only its
+        ``rows`` when given); per-example options (``intermediate``, ``splits``, ``alphas``) cover all n examples
+        and are cut to ``idx`` here."""
         spec = C if C.dim() == 2 else C[idx]
+        if rows is not None:
+            spec = spec.index_select(-2, torch.as_tensor(rows, dtype=torch.long, device=spec.device))
         options = dict(options)
         if options.get("intermediate") is not None:
             options["intermediate"] = [(lo[idx], hi[idx]) for lo, hi in options["intermediate"]]
@@ -93,28 +86,9 @@ def margin_spec(y: torch.Tensor, classes: int, dtype=torch.float64) -> torch.Ten
     return C
 
 
-def _check_options(options):
-    if "compute_upper" in options:
-        raise ValueError("compute_upper is chosen by the API function (use logit_bounds for upper bounds)")
-
-
-def _run(problem, C, method, batch_size, options, compute_upper=False, return_intermediate=False):
-    _check_options(options)
-    if options.get("intermediate") is not None:
-        options = dict(options, intermediate=check_intermediate(problem.net, options["intermediate"], problem.n))
-    lowers, uppers, inter = [], [], []
-    for idx in problem.batches(batch_size):
-        res = problem.bounds(C, method, idx, dict(options, return_intermediate=return_intermediate), compute_upper)
-        lowers.append(res.lower)
-        uppers.append(res.upper)
-        inter.append(res.intermediate)
-    lower = torch.cat(lowers)
-    upper = torch.cat(uppers) if compute_upper else None
-    intermediate = None
-    if return_intermediate:
-        intermediate = [(torch.cat([b[k][0] for b in inter]), torch.cat([b[k][1] for b in inter]))
-                        for k in range(len(inter[0]))]
-    return lower, upper, intermediate
+def _run(problem, C, method, batch_size, options, compute_upper=False, return_intermediate=False) -> Bounds:
+    job = bound_job(problem, C, method, dict(options, return_intermediate=return_intermediate), compute_upper)
+    return run_batches(job, problem.batches(batch_size))
 
 
 def logit_bounds(model, x, eps, norm="inf", method="crown", lower=0.0, upper=1.0, *, dtype=torch.float64,
@@ -125,8 +99,8 @@ def logit_bounds(model, x, eps, norm="inf", method="crown", lower=0.0, upper=1.0
     """
     problem = Problem(model, x, eps, norm, lower, upper, dtype)
     eye = torch.eye(problem.net.out_features, dtype=problem.net.dtype, device=problem.net.device)
-    lb, ub, inter = _run(problem, eye, method, batch_size, options, True, return_intermediate)
-    return (lb, ub, inter) if return_intermediate else (lb, ub)
+    res = _run(problem, eye, method, batch_size, options, True, return_intermediate)
+    return (res.lower, res.upper, res.intermediate) if return_intermediate else (res.lower, res.upper)
 
 
 def spec_bounds(model, x, C, eps, norm="inf", method="crown", lower=0.0, upper=1.0, *, dtype=torch.float64,
@@ -141,8 +115,8 @@ def spec_bounds(model, x, C, eps, norm="inf", method="crown", lower=0.0, upper=1
     if C.dim() not in (2, 3) or C.shape[-1] != k or (C.dim() == 3 and C.shape[0] != problem.n):
         raise ValueError(f"C must have shape (n, m, k) = ({problem.n}, m, {k}) or (m, {k}); got {tuple(C.shape)}")
     C = C.to(dtype=problem.net.dtype, device=problem.net.device)
-    lb, _, inter = _run(problem, C, method, batch_size, options, False, return_intermediate)
-    return (lb, inter) if return_intermediate else lb
+    res = _run(problem, C, method, batch_size, options, False, return_intermediate)
+    return (res.lower, res.intermediate) if return_intermediate else res.lower
 
 
 def margin_bounds(model, x, y, eps, norm="inf", method="crown", lower=0.0, upper=1.0, *, dtype=torch.float64,
@@ -156,9 +130,9 @@ def margin_bounds(model, x, y, eps, norm="inf", method="crown", lower=0.0, upper
     y = labels_tensor(y, problem)
     k = problem.net.out_features
     C = margin_spec(y, k, problem.net.dtype)
-    lb, _, inter = _run(problem, C, method, batch_size, options, False, return_intermediate)
-    out = spread_margins(lb, y, k)
-    return (out, inter) if return_intermediate else out
+    res = _run(problem, C, method, batch_size, options, False, return_intermediate)
+    out = spread_margins(res.lower, y, k)
+    return (out, res.intermediate) if return_intermediate else out
 
 
 def labels_tensor(y, problem):

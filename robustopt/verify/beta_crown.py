@@ -27,6 +27,10 @@ from .methods import Bounds
 NORMS = alpha_crown.NORMS
 OPTIONS = alpha_crown.OPTIONS
 SOLVER = False
+EXACT = False
+TAKES_TIME_LIMIT = True
+TAKES_STOP_AT = True
+TAKES_SPLITS = True
 
 
 def _multipliers(splits, dtype):

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import check_eps, reject_unknown_options
-from .api import DEFAULT_BATCH_SIZE, Problem, _check_options, labels_tensor, margin_bounds, margin_spec
-from .certify_tasks import Job, chunk_task, error_row, example_task, fingerprint, make_row, screen_task
+from .._validation import check_eps
+from .api import DEFAULT_BATCH_SIZE, Problem, labels_tensor, margin_bounds, margin_spec
+from .certify_tasks import Job, bound_rows, error_row, fingerprint, screen_task, unbounded_row
 from .journal import Journal
 from .methods import get_method
 from .parallel import TaskError, check_client, check_n_jobs, run_tasks, scattered
+from .runner import bound_job, bound_tasks, method_options
 
 __all__ = ["CertifyResult", "certify", "certified_radius"]
 
@@ -60,17 +61,6 @@ class CertifyResult:
                 f"certified_accuracy={self.certified_accuracy:.4f}, seconds={self.seconds:.3f})")
 
 
-def _method_options(module, options, time_limit):
-    options = dict(options)
-    if time_limit is not None:
-        if "time_limit" not in module.OPTIONS:
-            raise ValueError("this method does not take time_limit (methods that do: solvers and alpha-crown)")
-        options["time_limit"] = time_limit
-    if "stop_at" in module.OPTIONS:
-        options.setdefault("stop_at", 0.0)
-    return options
-
-
 def _open_journal(out, resume, job, batch_size, dtype):
     """The ``out`` JSON-lines file: a header that identifies the run, then one row per (method, example)."""
     if out is None:
@@ -83,48 +73,44 @@ def _open_journal(out, resume, job, batch_size, dtype):
     return Journal(out, ("method", "example"), header, resume=resume, scope={"method": job.method})
 
 
-def _solver_rows(job, batches, done, accept, n_jobs, client, progress):
-    """A screening task per batch (clean point and PGD, batched), then a task per example left open (one solver
-    program each)."""
-    where = dict(n_jobs=n_jobs, client=client, progress=progress)
-    with scattered(job, client) as shared:  # sent to the workers once for both kinds of task
-        _screen_then_solve(job, shared, [idx.tolist() for idx in batches], done, accept, where)
+def _bound_tasks(module, screens, found, done):
+    """The bound tasks after the screen: a task per example left open (and not ``done``) for a solver; else a
+    task per screened batch, with only its open examples for a method that can stop early (``stop_at``), all of
+    them otherwise (the batches stay whole, so their arithmetic does not depend on what was resumed)."""
+    if module.SOLVER:
+        return [[i] for examples in screens for i in examples if i not in found and i not in done]
+    if module.TAKES_STOP_AT:
+        return [rest for rest in ([i for i in examples if i not in found] for examples in screens) if rest]
+    return list(screens)
 
 
-def _screen_then_solve(job, shared, screens, done, accept, where):
-    tasks, share = [], {}
-    for t, outcome in run_tasks(screen_task, shared, screens, desc=f"certify ({job.method}): attack", **where):
-        examples = [i for i in screens[t] if i not in done]
-        if isinstance(outcome, TaskError):
-            for i in examples:
-                accept(error_row(job, i, outcome.message))
-            continue
-        found, spent = outcome
-        for i in examples:
-            if i in found:  # the solver is not run: no bound, -inf (+inf at the label)
-                bounds = torch.full((job.problem.net.out_features,), float("-inf"))
-                bounds[int(job.y[i])] = float("inf")
-                accept(make_row(job, i, bounds, torch.tensor(found[i], dtype=torch.float64), None,
-                                spent / len(screens[t])))
-            else:
-                tasks.append(i)
-                share[i] = spent / len(screens[t])
-    for t, outcome in run_tasks(example_task, shared, tasks, desc=f"certify ({job.method})", **where):
-        i = tasks[t]
-        row = error_row(job, i, outcome.message) if isinstance(outcome, TaskError) else outcome
-        accept(dict(row, seconds=row["seconds"] + share[i]))
-
-
-def _chunk_rows(job, batches, done, accept, n_jobs, client, progress):
-    """One task per batch: screen and bound it (the torch methods are batched)."""
-    tasks = [idx.tolist() for idx in batches]
-    for t, outcome in run_tasks(chunk_task, job, tasks, n_jobs=n_jobs, client=client, progress=progress,
-                                desc=f"certify ({job.method})"):
-        if isinstance(outcome, TaskError):
-            outcome = [error_row(job, i, outcome.message) for i in tasks[t]]
-        for row in outcome:
-            if row["example"] not in done:
-                accept(row)
+def _collect(job, batches, done, accept, where):
+    """Screen every batch (clean point, then PGD), then bound (:func:`_bound_tasks`) through the batch runner;
+    ``accept`` each example's row (those in ``done`` are kept as they are) as soon as it is known."""
+    module = get_method(job.method)
+    with scattered(job, where["client"]) as shared:  # sent to the workers once for both kinds of task
+        screens, found, share = [idx.tolist() for idx in batches], {}, {}
+        screened = []
+        for t, outcome in run_tasks(screen_task, shared, screens, desc=f"certify ({job.method}): attack", **where):
+            if isinstance(outcome, TaskError):
+                for i in screens[t]:
+                    if i not in done:
+                        accept(error_row(job, i, outcome.message))
+                continue
+            points, spent = outcome
+            found.update((i, torch.tensor(point, dtype=torch.float64)) for i, point in points.items())
+            share.update((i, spent / len(screens[t])) for i in screens[t])
+            screened.append(screens[t])
+        tasks = _bound_tasks(module, sorted(screened), found, done)
+        bounded = {i for examples in tasks for i in examples}
+        for i in sorted(set(share) - bounded - set(done)):  # falsified, not bounded: no bound, -inf
+            accept(unbounded_row(job, i, found[i], None, share[i]))
+        for t, outcome in bound_tasks(shared, tasks, errors="yield", desc=f"certify ({job.method})", **where):
+            rows = ([error_row(job, i, outcome.message) for i in tasks[t]] if isinstance(outcome, TaskError)
+                    else bound_rows(job, tasks[t], outcome, found))
+            for row in rows:
+                if row["example"] not in done:
+                    accept(dict(row, seconds=row["seconds"] + share[row["example"]]))
 
 
 def _result(job, rows, start):
@@ -158,7 +144,8 @@ def certify(model, X, y, eps, norm="inf", method="crown", lower=0.0, upper=1.0, 
             n_jobs=1, client=None, out=None, resume=False, **options) -> CertifyResult:
     """Certify, falsify or leave unknown each example (see the module docstring).
 
-    ``time_limit``: seconds per example for the methods that take it. ``attack=False`` skips PGD
+    ``time_limit``: seconds per example for the methods that take one (``TAKES_TIME_LIMIT``); ignored for the
+    others, which run to completion (as in ``compare``). ``attack=False`` skips PGD
     (``attack_steps`` sets its length). Other keyword options go to the method.
 
     Where the work runs: ``n_jobs`` local processes, or ``client``, a ``dask.distributed.Client`` (not both).
@@ -172,19 +159,17 @@ def certify(model, X, y, eps, norm="inf", method="crown", lower=0.0, upper=1.0, 
     this method already in ``out`` and computes only the others; several methods may share one file.
     """
     start = time.perf_counter()
-    n_jobs = check_n_jobs(n_jobs)
-    client = check_client(client, n_jobs)
-    _check_options(options)
-    module = get_method(method)
-    options = _method_options(module, options, time_limit)
-    reject_unknown_options(options, f"method {method!r}", module.OPTIONS)  # here, not as an error in every task
+    where = {"n_jobs": check_n_jobs(n_jobs), "client": check_client(client, n_jobs), "progress": progress}
+    options = method_options(method, options, time_limit)
+    if get_method(method).TAKES_STOP_AT:
+        options.setdefault("stop_at", 0.0)
     problem = Problem(model, X, eps, norm, lower, upper, dtype)
-    if (n_jobs > 1 or client is not None) and problem.net.device.type != "cpu":
+    if (where["n_jobs"] > 1 or client is not None) and problem.net.device.type != "cpu":
         raise ValueError("n_jobs > 1 and client= run on CPU workers: build the problem on the CPU (the network is "
                          f"on {problem.net.device})")
     y = labels_tensor(y, problem)
-    job = Job(model, problem, y, margin_spec(y, problem.net.out_features, problem.net.dtype), method, options,
-              bool(attack), attack_steps)
+    bound = bound_job(problem, margin_spec(y, problem.net.out_features, problem.net.dtype), method, options)
+    job = Job(**vars(bound), model=model, y=y, attack=bool(attack), attack_steps=attack_steps)
     journal = _open_journal(out, resume, job, batch_size, dtype)
     rows = {int(key[1]): row for key, row in journal.done.items()} if journal else {}
 
@@ -195,8 +180,7 @@ def certify(model, X, y, eps, norm="inf", method="crown", lower=0.0, upper=1.0, 
 
     batches = [idx for idx in problem.batches(batch_size) if any(int(i) not in rows for i in idx)]
     try:
-        collect = _solver_rows if module.SOLVER else _chunk_rows
-        collect(job, batches, dict(rows), accept, n_jobs, client, progress)
+        _collect(job, batches, dict(rows), accept, where)
     finally:
         if journal is not None:
             journal.close()

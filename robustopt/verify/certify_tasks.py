@@ -1,9 +1,8 @@
 """The work of :func:`~robustopt.verify.certify`, cut into tasks that run anywhere (this process, a local
-process, a Dask worker) and return JSON-ready rows, one per example.
+process, a Dask worker), and the JSON-ready rows, one per example, made from their outcomes.
 
-- :func:`screen_task` (clean point, then PGD) on a batch of examples, before the solvers;
-- :func:`chunk_task`: screen and bound a batch at once (the torch methods: IBP, CROWN, alpha-CROWN, dual);
-- :func:`example_task`: bound one example that the screen left open (the solvers: one program each).
+- :func:`screen_task` (clean point, then PGD) on a batch of examples, before any bound;
+- the bounds themselves come from the batch runner (:mod:`.runner`), and :func:`bound_rows` turns them into rows.
 
 A batch is always one of the fixed batches of the whole run, so its PGD starts and its batched arithmetic are
 the same whether the run is serial, parallel, or resumed.
@@ -18,23 +17,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .journal import encode_float
-from .methods import UNSETTLED, get_method
 from .api import spread_margins
+from .journal import encode_float
+from .methods import UNSETTLED
+from .runner import BoundJob
 
-__all__ = ["Job", "screen", "screen_task", "chunk_task", "example_task", "make_row", "error_row", "fingerprint"]
+__all__ = ["Job", "screen", "screen_task", "bound_rows", "make_row", "unbounded_row", "error_row", "fingerprint"]
 
 
 @dataclass
-class Job:
-    """What every task of one certify run shares; sent to each worker once."""
+class Job(BoundJob):
+    """What every task of one certify run shares (the bound job, plus the model, labels and attack); sent to
+    each worker once."""
 
     model: object  # the nn.Module the attack runs on (or a canonical Network)
-    problem: object  # api.Problem: the canonical network, the inputs and the ball
     y: torch.Tensor
-    spec: torch.Tensor
-    method: str
-    options: dict
     attack: bool
     attack_steps: int
 
@@ -68,11 +65,10 @@ def _attack(job, idx):
         model = _AsModule(problem.net)
     param = next(iter(model.parameters()), None)
     kw = dict(dtype=param.dtype if param is not None else torch.float32, device=problem.net.device)
-    shape = (len(idx), *problem.net.in_shape)
-    box = lambda b: b[idx].to(**kw).view(shape) if isinstance(b, torch.Tensor) else b
-    eps = problem.eps[idx].to(**kw) if isinstance(problem.eps, torch.Tensor) else problem.eps
-    result = pgd(model, problem.x[idx].to(**kw).view(shape), job.y[idx], eps, norm=problem.norm,
-                 steps=job.attack_steps, loss="margin", lower=box(problem.lower), upper=box(problem.upper), seed=0)
+    x = problem.x[idx].to(**kw).view(len(idx), *problem.net.in_shape)
+    ball = problem.ball(idx).flat(x)  # in the attack's dtype, boxes (len(idx), d) broadcast to x by the attack
+    result = pgd(model, x, job.y[idx], ball.eps, norm=problem.norm, steps=job.attack_steps, loss="margin",
+                 lower=ball.lower, upper=ball.upper, seed=0)
     return result.x_adv.reshape(len(idx), -1).to(dtype=problem.net.dtype)
 
 
@@ -106,38 +102,35 @@ def make_row(job, i, bounds, counterexample, solver_status, seconds) -> dict:
             "seconds": seconds, "counterexample": cex}
 
 
+def unbounded_row(job, i, counterexample, solver_status, seconds) -> dict:
+    """The row of example i without a bound: -inf on every margin (+inf at the label)."""
+    bounds = torch.full((job.problem.net.out_features,), float("-inf"))
+    bounds[int(job.y[i])] = float("inf")
+    return make_row(job, i, bounds, counterexample, solver_status, seconds)
+
+
 def error_row(job, i, message) -> dict:
     """The row of an example whose task failed."""
-    k = job.problem.net.out_features
-    bounds = torch.full((k,), float("-inf"))
-    bounds[int(job.y[i])] = float("inf")
-    row = make_row(job, i, bounds, None, "error", 0.0)
-    return dict(row, status="error", message=message)
+    return dict(unbounded_row(job, i, None, "error", 0.0), status="error", message=message)
 
 
-def _settle(job, idx, found, tic):
-    """Bound the examples idx (a solver: only those ``found`` left open) and make their rows."""
+def bound_rows(job, examples, res, found) -> list:
+    """The rows of the ``examples`` (a list of indices) of one bound task from its Bounds ``res``; ``found``:
+    example -> counterexample (d,) of the screen. The method's points (e.g. the MILP's minimizers) that really
+    break a margin become counterexamples too."""
     net, k = job.problem.net, job.problem.net.out_features
-    bounds = torch.full((len(idx), k), float("-inf"), dtype=net.dtype, device=net.device)
-    status = [None] * len(idx)
-    module = get_method(job.method)
-    open_ = [p for p in range(len(idx)) if p not in found]
-    run = open_ if module.SOLVER or "stop_at" in module.OPTIONS else list(range(len(idx)))
-    if run:
-        res = job.problem.bounds(job.spec, job.method, idx[run], job.options)
-        bounds[run] = spread_margins(res.lower, job.y[idx[run]], k)
-        if res.status is not None:
-            for q, p in enumerate(run):
-                status[p] = str(res.status[q])
-        if res.points is not None:  # e.g. the MILP's minimizers: keep those that really break the margin
-            pts = res.points.to(net.dtype)
-            for r in range(pts.shape[1]):
-                has = [q for q in range(len(run)) if not torch.isnan(pts[q, r]).any() and run[q] not in found]
-                if has:
-                    rows = idx[[run[q] for q in has]]
-                    found.update((run[has[h]], pts[has[h], r]) for h in _breaking(job, rows, pts[has, r]))
-    seconds = (time.perf_counter() - tic) / max(len(idx), 1)
-    return [make_row(job, int(i), bounds[p], found.get(p), status[p], seconds) for p, i in enumerate(idx.tolist())]
+    idx = torch.tensor(examples, dtype=torch.long, device=job.problem.x.device)
+    bounds = spread_margins(res.lower, job.y[idx], k)
+    found = {p: found[i] for p, i in enumerate(examples) if i in found}
+    if res.points is not None:
+        pts = res.points.to(net.dtype)
+        for r in range(pts.shape[1]):
+            has = [p for p in range(len(examples)) if not torch.isnan(pts[p, r]).any() and p not in found]
+            if has:
+                found.update((has[h], pts[has[h], r]) for h in _breaking(job, idx[has], pts[has, r]))
+    status = [None] * len(examples) if res.status is None else [str(s) for s in res.status]
+    return [make_row(job, i, bounds[p], found.get(p), status[p], float(res.seconds[p]))
+            for p, i in enumerate(examples)]
 
 
 def screen_task(job, examples) -> tuple:
@@ -146,20 +139,6 @@ def screen_task(job, examples) -> tuple:
     idx = torch.tensor(examples, dtype=torch.long, device=job.problem.x.device)
     found = {examples[p]: point.tolist() for p, point in screen(job, idx).items()}
     return found, time.perf_counter() - tic
-
-
-def chunk_task(job, examples) -> list:
-    """Screen and bound a batch of examples (a list of indices); one row per example."""
-    tic = time.perf_counter()
-    idx = torch.tensor(examples, dtype=torch.long, device=job.problem.x.device)
-    return _settle(job, idx, screen(job, idx), tic)
-
-
-def example_task(job, example) -> dict:
-    """Bound one example the screen left open (a solver method); its row."""
-    tic = time.perf_counter()
-    idx = torch.tensor([example], dtype=torch.long, device=job.problem.x.device)
-    return _settle(job, idx, {}, tic)[0]
 
 
 def fingerprint(model, problem, y) -> str:

@@ -43,6 +43,10 @@ from .methods import COMMON_OPTIONS, Bounds, minimize_linear
 NORMS = ("inf", 2, 1)
 OPTIONS = COMMON_OPTIONS | {"relaxation", "splits", "memory", "skip_stable"}
 SOLVER = False
+EXACT = False
+TAKES_TIME_LIMIT = False
+TAKES_STOP_AT = False
+TAKES_SPLITS = True
 RELAXATIONS = ("adaptive", "same-slope", "optimized")
 
 

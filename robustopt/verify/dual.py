@@ -35,6 +35,10 @@ from .methods import COMMON_OPTIONS, Bounds, minimize_linear
 NORMS = ("inf", 2, 1)
 OPTIONS = COMMON_OPTIONS | {"splits", "memory", "skip_stable"}
 SOLVER = False
+EXACT = False
+TAKES_TIME_LIMIT = False
+TAKES_STOP_AT = False
+TAKES_SPLITS = True
 
 
 def _diagonal(lower, upper):

@@ -19,6 +19,10 @@ from .methods import COMMON_OPTIONS, Bounds, minimize_linear
 NORMS = ("inf", 2, 1)
 OPTIONS = COMMON_OPTIONS | {"splits", "memory"}
 SOLVER = False
+EXACT = False
+TAKES_TIME_LIMIT = False
+TAKES_STOP_AT = False
+TAKES_SPLITS = True
 
 
 def first_layer_bounds(op, x, ball, memory=None):

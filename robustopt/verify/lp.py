@@ -39,6 +39,10 @@ from .program import RowCertificates, build_program, dual_bound, example_bounds,
 NORMS = ("inf", 1)
 OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "splits"}
 SOLVER = True
+EXACT = False
+TAKES_TIME_LIMIT = True
+TAKES_STOP_AT = True
+TAKES_SPLITS = True
 
 
 def rows_to_solve(cheap, stop_at):
@@ -147,8 +151,8 @@ def relaxation_bounds(net, x, ball, make_solver, *, compute_upper, intermediate,
                 certificates.add(i, done, dual_bound(program, np.stack([solved[r] for r in done]), done), program)
         seconds[i] = time.perf_counter() - tic
     solver_lower = certificates.finish(x, ball)
-    return batch.result(solver_lower, return_intermediate, status=status.astype(str),
-                        info={"solver_lower": solver_lower[:, :batch.m].to(net.dtype), "seconds": seconds})
+    return batch.result(solver_lower, return_intermediate, status=status.astype(str), seconds=seconds,
+                        info={"solver_lower": solver_lower[:, :batch.m].to(net.dtype)})
 
 
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, time_limit=None,

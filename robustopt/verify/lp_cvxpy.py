@@ -28,6 +28,10 @@ from .program import ReluPhases, split_inactive
 NORMS = ("inf", 2, 1)
 OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "solver", "splits"}
 SOLVER = True
+EXACT = False
+TAKES_TIME_LIMIT = True
+TAKES_STOP_AT = True
+TAKES_SPLITS = True
 
 
 def triangle_lp(hidden, bounds, x0, eps, norm="inf", lower=None, upper=None, inactive=None):
@@ -89,13 +93,6 @@ def program_duals(program, relu_constraints):
     return duals
 
 
-def _box_side(bound, x):
-    """A box side as None, a float, or per-example rows (n, d) of float64 numpy."""
-    if bound is None or not hasattr(bound, "shape") or bound.dim() == 0:
-        return None if bound is None else float(bound)
-    return torch.broadcast_to(bound.to(x), x.shape).reshape(x.shape[0], -1).cpu().double().numpy()
-
-
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, time_limit=None,
            stop_at=None, solver="CLARABEL", splits=None) -> Bounds:
     """Triangle-LP bounds through cvxpy (see the module docstring)."""
@@ -103,16 +100,16 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
 
     if not isinstance(solver, str) or solver.upper() not in cp.installed_solvers():
         raise ValueError(f"solver must be one of the installed cvxpy solvers {cp.installed_solvers()}; got {solver!r}")
-    lower, upper = _box_side(ball.lower, x), _box_side(ball.upper, x)
-    pick = lambda side, i: side[i] if isinstance(side, np.ndarray) else side
-
+    ball_rows = ball.flat(x)
+    as_numpy = lambda side: side[0].cpu().double().numpy() if isinstance(side, torch.Tensor) else side
     hidden = [(op.scipy(), op.bias_numpy()) for op in net.affine[:-1]]
 
     def make_solver(program, i, x0, eps):
         d = len(x0)
+        box = ball_rows.select(slice(i, i + 1))
         inactive = None if splits is None else [None if t is None else (t[i] < 0).cpu().numpy() for t in splits]
         problem, v = triangle_lp(hidden, [(ph.lower, ph.upper) for ph in program.phases], x0, eps, ball.norm,
-                                 pick(lower, i), pick(upper, i), inactive)
+                                 as_numpy(box.lower), as_numpy(box.upper), inactive)
 
         def solve(row, _left):
             v["c"].value = program.objective[row][program.layer_cols[-1]] if program.layer_cols \

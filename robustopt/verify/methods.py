@@ -11,10 +11,23 @@ Each method is one module ``robustopt/verify/<module>.py`` with
 ``OPTIONS``
     the keyword options it accepts: :data:`COMMON_OPTIONS` plus its own (``relaxation``, ``steps``,
     ``time_limit``, ``stop_at``, ...). Anything else raises ``ValueError`` before the method runs.
+
+Capability flags (:data:`CAPABILITIES`; every method declares each one, as a bool; callers read these,
+never the option names):
+
 ``SOLVER``
-    ``True`` for per-example optimization methods (``lp``, ``lp-cvxpy``, ``milp``): ``certify`` runs
-    them only on examples the attack and cheap bounds left open, and passes ``time_limit`` (seconds
-    per example) and ``stop_at=0.0``.
+    per-example optimization (``lp``, ``lp-cvxpy``, ``milp``): ``certify`` runs it in one task per example,
+    only on the examples the attack left open; ``compare`` runs it after the closed-form methods and gives
+    it their shared intermediate bounds.
+``EXACT``
+    its lower bound is the exact minimum when it ends "optimal" (``milp``, to its relative gap).
+``TAKES_TIME_LIMIT``
+    accepts ``time_limit=`` (seconds per example; ``"time_limit"`` in ``OPTIONS``). ``certify``,
+    ``compare`` and the CLI pass their ``time_limit`` to such methods and ignore it for the others.
+``TAKES_STOP_AT``
+    accepts ``stop_at=`` (see below; ``certify`` passes ``stop_at=0.0``).
+``TAKES_SPLITS``
+    accepts ``splits=`` (per-ReLU-layer phase constraints, see below).
 ``bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, **own) -> Bounds``
     ``x`` flat, shape (n, d), inside the box; ``net`` ends with an affine layer (``with_spec`` ensures
     it) whose last operator may be per-example. Computes in ``net.dtype`` on ``net.device``.
@@ -30,7 +43,14 @@ Semantics of :class:`Bounds` (soundness: every number is a proven bound, whateve
 - ``points``: optional (n, m, d) tensor of points of the ball the method found (e.g. the MILP's
   minimizer for each row), NaN rows where none; the API replays them through the network;
 - ``status``: optional numpy array of str, shape (n,), e.g. "optimal", "time_limit", "error";
-- ``info``: a dict of anything else worth reporting (iterations, solver seconds, ...);
+- ``replayed``: optional float64 tensor (n, m): ``g_r`` at ``points[i, r]`` by a forward pass (NaN where
+  no point), an upper bound on each minimum, on ``lower``'s device;
+- ``margin``: optional float64 numpy array (n,): how far ``lower`` may sit below the exact minimum of an
+  ``EXACT`` method that ended "optimal" (its gap; 0 where nothing was solved);
+- ``seconds``: optional float64 numpy array (n,): wall seconds spent on each example (the batch runner,
+  :mod:`.runner`, adds to a method's own figures an even share of the rest of its task's time);
+- ``info``: a dict of anything else worth reporting (iterations, solver seconds, ...): diagnostics only,
+  no caller relies on its keys;
 - ``infeasible``: optional bool tensor (n,), True for a domain proven empty by its ``splits=`` (or by
   ``intermediate=`` bounds with lower > upper): its lower bounds are +inf and upper bounds -inf;
 - ``alphas``: the slopes an optimizing method (alpha-/beta-CROWN) ended with, to pass back as
@@ -61,8 +81,8 @@ from ..sets import Ball
 from .backward import check_per_layer, check_splits
 from .network import Network
 
-__all__ = ["Bounds", "METHODS", "COMMON_OPTIONS", "get_method", "run_method", "check_intermediate",
-           "check_time_limit", "check_stop_at", "tightest", "minimize_linear"]
+__all__ = ["Bounds", "METHODS", "COMMON_OPTIONS", "CAPABILITIES", "FLAG_OPTIONS", "get_method", "run_method",
+           "check_intermediate", "check_time_limit", "check_stop_at", "tightest", "minimize_linear"]
 
 METHODS = {
     "ibp": "ibp",
@@ -75,6 +95,10 @@ METHODS = {
     "beta-crown": "beta_crown",
 }
 COMMON_OPTIONS = frozenset({"compute_upper", "intermediate", "return_intermediate"})
+# the capability flags every method module declares (bools; see the module docstring), and the option that each
+# TAKES_* flag stands for (the flag is True exactly when the option is in the method's OPTIONS)
+CAPABILITIES = ("SOLVER", "EXACT", "TAKES_TIME_LIMIT", "TAKES_STOP_AT", "TAKES_SPLITS")
+FLAG_OPTIONS = {"TAKES_TIME_LIMIT": "time_limit", "TAKES_STOP_AT": "stop_at", "TAKES_SPLITS": "splits"}
 # example statuses of a solver that never certify, whatever bound came back (DESIGN.md: time-out / failure is unknown)
 UNSETTLED = ("time_limit", "error")
 _NORM_NAMES = {"inf": "l_inf", 2: "l_2", 1: "l_1"}
@@ -82,7 +106,8 @@ _NORM_NAMES = {"inf": "l_inf", 2: "l_2", 1: "l_1"}
 
 @dataclass
 class Bounds:
-    """Bounds on the outputs of a (spec-folded) network; see the module docstring for the guarantees."""
+    """Bounds on the outputs of a (spec-folded) network; see the module docstring for the guarantees and
+    the shapes (n examples, m rows)."""
 
     lower: torch.Tensor
     upper: torch.Tensor | None = None
@@ -92,17 +117,68 @@ class Bounds:
     info: dict = field(default_factory=dict)
     infeasible: torch.Tensor | None = None
     alphas: object | None = None
+    replayed: torch.Tensor | None = None
+    margin: np.ndarray | None = None
+    seconds: np.ndarray | None = None
+
+    @classmethod
+    def cat(cls, parts) -> "Bounds":
+        """The bounds of consecutive batches as one, along the example dimension.
+
+        ``lower``, ``upper``, ``points``, ``status``, ``infeasible``, ``replayed``, ``margin``, ``seconds`` and
+        each layer of ``intermediate`` are concatenated; each must be given in every part or in none
+        (``ValueError`` otherwise). ``info``: a value that is a per-example array (numpy or torch, first
+        dimension that part's n) in every part is concatenated; any other value (a count, an object) becomes a
+        list with one entry per part (None where a part lacks the key). ``alphas``: a list, one per part
+        (slopes of different batches cover different neurons). One part comes back unchanged.
+        """
+        parts = list(parts)
+        if not parts:
+            raise ValueError("Bounds.cat needs at least one Bounds")
+        if len(parts) == 1:
+            return parts[0]
+        sizes = [b.lower.shape[0] for b in parts]
+
+        def joined(name, join):
+            values = [getattr(b, name) for b in parts]
+            if all(v is None for v in values):
+                return None
+            if any(v is None for v in values):
+                raise ValueError(f"Bounds.cat: {name} is given in some parts and not in others")
+            return join(values)
+
+        def cat_any(values):
+            return torch.cat(values) if isinstance(values[0], torch.Tensor) else np.concatenate(values)
+
+        fields = {name: joined(name, cat_any) for name in
+                  ("lower", "upper", "points", "status", "infeasible", "replayed", "margin", "seconds")}
+        fields["intermediate"] = joined("intermediate", lambda lists: [
+            tuple(torch.cat([layers[k][side] for layers in lists]) for side in (0, 1)) for k in range(len(lists[0]))])
+        info = {}
+        for key in dict.fromkeys(k for b in parts for k in b.info):
+            values = [b.info.get(key) for b in parts]
+            per_example = all(isinstance(v, (np.ndarray, torch.Tensor)) and v.ndim > 0 and v.shape[0] == n
+                              for v, n in zip(values, sizes))
+            info[key] = cat_any(values) if per_example else values
+        alphas = [b.alphas for b in parts]
+        return cls(info=info, alphas=None if all(a is None for a in alphas) else alphas, **fields)
 
 
 def get_method(name: str):
-    """The module implementing method ``name`` (imported on first use)."""
+    """The module implementing method ``name`` (imported on first use); it must declare every flag of
+    :data:`CAPABILITIES` as a bool."""
     check_choice(name, tuple(METHODS), "method")
     try:
-        return import_module(f".{METHODS[name]}", __package__)
+        module = import_module(f".{METHODS[name]}", __package__)
     except ModuleNotFoundError as err:
         if err.name == f"{__package__}.{METHODS[name]}":
             raise ValueError(f"method {name!r} is not available in this version of robustopt") from None
         raise
+    missing = [flag for flag in CAPABILITIES if not isinstance(getattr(module, flag, None), bool)]
+    if missing:
+        raise TypeError(f"method module {module.__name__} must declare the capability flags {missing} (bools; "
+                        "see robustopt.verify.methods)")
+    return module
 
 
 def check_intermediate(net: Network, intermediate, n: int, name: str = "intermediate"):

@@ -13,13 +13,13 @@ final dual bound is only a claim (``info["claimed"]``). HiGHS 1.16 with presolve
 satisfying every row of the program exactly (``shared/data/regressions/``): a defect of the solver, so no
 setting of it is trusted. The bound returned is proven by :class:`~.phase_search.PhaseSearch`, a branch and
 bound on the binaries whose every domain bound is rebuilt from LP duals (:func:`~.program.dual_bound`,
-valid for any multipliers), down to the best replayed value minus the gap (``info["margin"]``, the most
+valid for any multipliers), down to the best replayed value minus the gap (``Bounds.margin``, the most
 the bound may sit below the exact minimum). A row without binaries is one LP, made rigorous the same way.
 
 **What is returned.** ``lower`` is, per row, the larger of the cheap IBP/CROWN bound and the proven bound;
-``points[i, r]`` is the best point found (projected onto the ball, NaN where none) and ``info["replayed"]``
-its row value, an upper bound on the minimum. On time-out the bound proven so far is returned (still
-sound) with status "time_limit", which ``certify`` reports as unknown.
+``points[i, r]`` is the best point found (projected onto the ball, NaN where none) and ``replayed[i, r]``
+its row value, an upper bound on the minimum; ``seconds`` the time per example. On time-out the bound proven so
+far is returned (still sound) with status "time_limit", which ``certify`` reports as unknown.
 
 **Early stop** (``stop_at=t``, what ``certify`` passes): rows whose cheap bound exceeds t are skipped;
 the others are solved weakest first. HiGHS stops at a point with objective <= t (replayed: only a replayed
@@ -48,6 +48,10 @@ from .program import RowCertificates, dual_bound
 NORMS = ("inf", 1)
 OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "threads", "highs_options", "splits"}
 SOLVER = True
+EXACT = True
+TAKES_TIME_LIMIT = True
+TAKES_STOP_AT = True
+TAKES_SPLITS = True
 
 
 @dataclass
@@ -63,19 +67,6 @@ class RowOutcome:
     seconds: float
     claimed: float
     domains: int
-
-
-def _example_ball(ball, x, i):
-    """The ball of example i alone (eps and box rows picked out of batched tensors)."""
-    from ..sets import Ball
-
-    def pick(side):
-        if isinstance(side, torch.Tensor) and side.dim() > 0:
-            return torch.broadcast_to(side.to(x), x.shape).reshape(x.shape[0], -1)[i:i + 1]
-        return side
-
-    eps = ball.eps if isinstance(ball.eps, float) else ball.eps[i:i + 1]
-    return Ball(eps, ball.norm, pick(ball.lower), pick(ball.upper))
 
 
 def _small_dense(W, limit=1 << 22):
@@ -106,7 +97,7 @@ class _Example:
         self.hidden = [(_small_dense(W), b) for W, b in batch.hidden]  # replayed at many points: dense is faster
         self.last = (_small_dense(self.last[0]), self.last[1])
         self.splits = batch.example_splits(i)
-        self.ball = _example_ball(batch.ball, batch.x, i)
+        self.ball = batch.ball.flat(batch.x).select(slice(i, i + 1))
         self.x = batch.x[i:i + 1]
         self.exact_lp = self.program.binary_cols.stop == self.program.binary_cols.start  # no unstable ReLU
         self.model = HighsModel(self.program, integer=not self.exact_lp, **highs)
@@ -207,8 +198,8 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
         seconds[i] = time.perf_counter() - tic
     batch.infeasible |= torch.as_tensor(np.isposinf(solver_lower).any(1), device=batch.infeasible.device)
     m = batch.m
-    info = {"solver_lower": solver_lower[:, :m], "objective": objective[:, :m], "replayed": replayed[:, :m],
-            "claimed": claimed[:, :m], "margin": margins, "seconds": seconds, "solver_seconds": solver_seconds,
-            "milp_solves": solves, "binaries": unstable, "domains": domains}
+    info = {"solver_lower": solver_lower[:, :m], "objective": objective[:, :m], "claimed": claimed[:, :m],
+            "solver_seconds": solver_seconds, "milp_solves": solves, "binaries": unstable, "domains": domains}
     return batch.result(solver_lower, return_intermediate, points=points[:, :m], status=status.astype(str),
-                        info=info)
+                        replayed=torch.as_tensor(replayed[:, :m], device=x.device), margin=margins,
+                        seconds=seconds, info=info)

@@ -107,7 +107,7 @@ class _Run:
         C = torch.as_tensor(np.stack([self.prop.disjuncts[i][0][r] for i, r in rows]), dtype=torch.float64,
                             device=self.x.device)
         options = {}
-        if self.time_limit is not None and "time_limit" in get_method(method).OPTIONS:
+        if self.time_limit is not None and get_method(method).TAKES_TIME_LIMIT:
             options["time_limit"] = max(self.left(), 1e-3)
         lb = spec_bounds(self.model, self.x, C, self.eps, "inf", method, self.lower, self.upper, **options)[0]
         lb = lb.detach().cpu().double().numpy()
