@@ -12,7 +12,7 @@ Each method is one module ``robustopt/verify/<module>.py`` with
     the keyword options it accepts: :data:`COMMON_OPTIONS` plus its own (``relaxation``, ``steps``,
     ``time_limit``, ``stop_at``, ...). Anything else raises ``ValueError`` before the method runs.
 ``SOLVER``
-    ``True`` for per-example optimization methods (``lp``, ``lp-cvxpy``, ``milp``): ``certify`` runs
+    ``True`` for per-example optimization methods (``lp``, ``lp-cvxpy``, ``milp``, ``bab``): ``certify`` runs
     them only on examples the attack and cheap bounds left open, and passes ``time_limit`` (seconds
     per example) and ``stop_at=0.0``.
 ``bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, **own) -> Bounds``
@@ -73,6 +73,7 @@ METHODS = {
     "lp-cvxpy": "lp_cvxpy",
     "milp": "milp",
     "beta-crown": "beta_crown",
+    "bab": "bab",
 }
 COMMON_OPTIONS = frozenset({"compute_upper", "intermediate", "return_intermediate"})
 # example statuses of a solver that never certify, whatever bound came back (DESIGN.md: time-out / failure is unknown)
