@@ -63,6 +63,7 @@ class InputSplit:
         res, slopes, _ = bound_domains(self.net, centre, ball, steps=self.steps, stop_at=search.stop_at,
                                        compute_upper=root and self.compute_upper,
                                        intermediate=self.given if root else None,
+                                       optimize_intermediate=root,
                                        time_limit=None if left is None else max(left, 1e-3) / len(lo))
         lower = res.lower if root else torch.maximum(res.lower, parent_lower)
         if root:

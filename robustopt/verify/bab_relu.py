@@ -115,6 +115,7 @@ class ReluSplit:
             splits[k][at, neuron[at]] = sign[at]
         inter = [(fields[f"lo{k}"][parent], fields[f"hi{k}"][parent]) for k in self.layers]
         res, slopes, betas = self._bound(search, splits=splits, intermediate=inter, compute_upper=False,
+                                         optimize_intermediate=False,
                                          slopes=[fields[f"slope{k}"][parent] for k in self.layers],
                                          betas=[fields[f"beta{k}"][parent] for k in self.layers])
         self.add(search, torch.maximum(res.lower, lower[parent]), res.intermediate, slopes, betas, splits)
