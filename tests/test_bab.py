@@ -59,7 +59,10 @@ def _check_against_milp(seed):
     return milp.status
 
 
-@pytest.mark.parametrize("seed", range(24))
+SLOW_SEEDS = (9, 13)  # their MILPs take 5-30 s here: in the slow sweep
+
+
+@pytest.mark.parametrize("seed", [s for s in range(26) if s not in SLOW_SEEDS])
 def test_certify_verdicts_equal_the_milp(seed):
     _check_against_milp(seed)
 
@@ -67,7 +70,7 @@ def test_certify_verdicts_equal_the_milp(seed):
 @pytest.mark.slow
 def test_certify_verdicts_equal_the_milp_sweep():
     counts = {}
-    for seed in range(24, 344):
+    for seed in list(SLOW_SEEDS) + list(range(26, 346)):
         for s in _check_against_milp(seed):
             counts[s] = counts.get(s, 0) + 1
     assert counts.get("certified", 0) > 100 and counts.get("falsified", 0) > 100, counts
@@ -113,7 +116,7 @@ def _grid_minimum(model, x, y, eps, d, steps):
     lipschitz = 2.0
     for layer in model:
         if isinstance(layer, nn.Linear):
-            lipschitz *= float(layer.weight.abs().sum(1).max())
+            lipschitz *= float(layer.weight.detach().abs().sum(1).max())
     half_cell = max(float(a[1] - a[0]) for a in axes) / 2
     return float((logits[:, y] - others.amax(1)).min()), lipschitz * half_cell
 
@@ -129,14 +132,12 @@ def test_input_split_agrees_with_a_grid(seed, d):
     eps = 0.15
     result = certify(model, x, y, eps, method="bab", split="input", progress=False, attack=False)
     assert (result.status != "unknown").all()
-    decided = 0
     for i in range(len(x)):
         truth, hidden = _grid_minimum(model, x[i], int(y[i]), eps, d, 4001 if d == 1 else 301)
-        if abs(truth) <= hidden:
-            continue  # too close to 0 for the grid to say
-        decided += 1
-        assert result.status[i] == ("certified" if truth > 0 else "falsified"), (i, truth, result.status[i])
-    assert decided >= 3
+        if truth <= 0:  # a grid point breaks the margin
+            assert result.status[i] == "falsified", (i, truth)
+        elif result.status[i] == "falsified":  # a violation between grid points: it cannot be deep
+            assert truth <= hidden, (i, truth, hidden)
 
 
 def _hard_instance():
@@ -157,7 +158,7 @@ def test_time_limit_and_max_domains_give_sound_unknowns():
     assert time.perf_counter() - tic < 1.5
     assert res.status.tolist() == ["time_limit"] and (res.lower >= crown - 1e-9).all()
     capped = run_method("bab", net, x, ball, compute_upper=False, max_domains=100, batch_size=32, stop_at=0.0)
-    assert capped.status.tolist() == ["time_limit"] and capped.info["domains"][0] <= 100 + 32
+    assert capped.status.tolist() == ["time_limit"] and 0 < capped.info["open"][0] <= 100
     sampled = net(torch.stack([ball.random(x) for _ in range(200)])[:, 0]).amin(0)
     assert (res.lower[0] <= sampled + 1e-9).all() and (capped.lower[0] <= sampled + 1e-9).all()
     result = certify(model, x, y, 0.08, method="bab", time_limit=0.5, attack=False, progress=False)

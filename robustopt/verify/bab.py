@@ -29,7 +29,8 @@ bounded and open, global lower bound, best value). Out of time or of domains, th
 sound) with status "time_limit" (``certify``: unknown); "optimal" when decided; "error" when a leaf could not be
 settled (solver failure, or a tie within rounding). ``upper`` (``compute_upper=True``): the root's alpha-CROWN
 upper bounds, not refined. ``intermediate=`` bounds the root; ``return_intermediate`` returns the root's.
-``info``: domains bounded, undecided leaves, seconds, the split used.
+``info`` (lists, one entry per example): domains bounded, domains still open, undecided leaves, seconds, the
+split used.
 """
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
     lower = x.new_empty(n, m)
     upper = x.new_empty(n, m) if compute_upper else None
     points = x.new_full((n, m, x.shape[1]), float("nan"))
-    status, used, info = np.empty(n, dtype=object), [], {"domains": [], "undecided": [], "seconds": [], "split": []}
+    status, used = np.empty(n, dtype=object), []
+    info = {"domains": [], "open": [], "undecided": [], "seconds": [], "split": []}
     for i in range(n):
         tic = time.perf_counter()
         example_net, example_ball, centre = _example_net(net, i), _one_ball(ball, x, i), x[i:i + 1]
@@ -125,9 +127,10 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
         if compute_upper:
             upper[i] = strategy.upper[0]
         used.append(strategy.intermediate)
-        for key, value in (("domains", search.bounded), ("undecided", search.undecided),
-                           ("seconds", time.perf_counter() - tic), ("split", mode)):
+        for key, value in (("domains", search.bounded), ("open", len(search.domains)),
+                           ("undecided", search.undecided), ("seconds", time.perf_counter() - tic), ("split", mode)):
             info[key].append(value)
-    inter = [(torch.cat([u[k][0] for u in used]), torch.cat([u[k][1] for u in used])) for k in range(len(net.relu_sizes))]
+    inter = [(torch.cat([u[k][0] for u in used]), torch.cat([u[k][1] for u in used]))
+             for k in range(len(net.relu_sizes))]
     return Bounds(lower=lower, upper=upper, intermediate=inter if return_intermediate else None, points=points,
                   status=status.astype(str), info=info)

@@ -68,7 +68,6 @@ class InputSplit:
         lower = res.lower if root else torch.maximum(res.lower, parent_lower)
         if root:
             self.upper, self.intermediate = res.upper, res.intermediate
-        search.tick(len(lower))
         search.offer(torch.minimum(torch.maximum(centre, lo), hi))
         theta = search.threshold()
         choice = torch.full((len(lower),), -1, dtype=torch.long, device=lower.device)
@@ -90,3 +89,4 @@ class InputSplit:
         search.undecided += int((~(lower[point] > theta).all(1)).sum())
         keep = ~point
         search.domains.push(lower[keep], theta, lo=lo[keep], hi=hi[keep], branch=choice[keep])
+        search.tick(len(lower))

@@ -122,23 +122,21 @@ class ReluSplit:
 
     def add(self, search, lower, inter, slopes, betas, splits):
         """Mine new domains for counterexamples, choose their branching neurons, settle the leaves, keep the rest."""
-        search.tick(len(lower))
         theta = search.threshold()
         choice = torch.full((len(lower),), -1, dtype=torch.long, device=lower.device)
         alive = torch.nonzero(~(lower > theta).all(1)).flatten()
         if len(alive):
-            gap = lower[alive] - theta
-            dtype = self.x.dtype
-            A, losses = linear_pass(self.net, self.x.expand(len(alive), -1), [(lo[alive], hi[alive]) for lo, hi in inter],
-                                    [s[alive].to(dtype) for s in slopes],
-                                    [-b[alive].to(dtype) * s[alive].to(dtype).unsqueeze(1) for b, s in zip(betas, splits)],
-                                    (gap <= 0).to(dtype), gap.argmin(1))
+            gap, like = lower[alive] - theta, self.x
             centre = self.x.expand(len(alive), -1)
+            bounds = [(lo[alive], hi[alive]) for lo, hi in inter]
+            terms = [-b[alive].to(like) * s[alive].to(like).unsqueeze(1) for b, s in zip(betas, splits)]
+            A, losses = linear_pass(self.net, centre, bounds, [s[alive].to(like) for s in slopes], terms,
+                                    (gap <= 0).to(like), gap.argmin(1))
             minimizers = self.ball.support_point(-A.unsqueeze(1), centre)[:, 0]
             search.offer(minimizers)
             best = gap.amin(1).argsort()[:DESCENT_STARTS]
             search.descend(minimizers[best], self.ball, centre[best])
-            choice[alive] = relu_choice([(lo[alive], hi[alive]) for lo, hi in inter], losses, self.branching)
+            choice[alive] = relu_choice(bounds, losses, self.branching)
             for i in alive[choice[alive] < 0].tolist():
                 lower[i] = self.settle(search, lower[i], [(lo[i], hi[i]) for lo, hi in inter], [s[i] for s in splits])
         theta = search.threshold()
@@ -152,6 +150,7 @@ class ReluSplit:
             fields |= {f"split{k}": splits[k][keep], f"lo{k}": inter[k][0][keep], f"hi{k}": inter[k][1][keep],
                        f"slope{k}": slopes[k][keep], f"beta{k}": betas[k][keep]}
         search.domains.push(lower[keep], theta, **fields)
+        search.tick(len(lower))
 
     def settle(self, search, lower, inter, splits):
         """A leaf's open rows by LP (:func:`settle_leaf`); returns its improved bounds (m,)."""
