@@ -21,11 +21,12 @@ runs until each row's bound is within a relative 1e-6 of the best value found (t
 (bound minimizers, short descents, the leaves' LP solutions) are replayed through the network in its dtype; the
 best per row is ``Bounds.points`` (n, m, d), NaN where none (the API replays them again).
 
-Options: ``time_limit`` (seconds per example), ``batch_size`` (domains bounded per step, default
-:data:`DEFAULT_BATCH_SIZE`), ``max_domains`` (open domains kept; default: what fits in :data:`DOMAIN_MEMORY`
-bytes), ``branching`` ("babsr" or "widest"), ``split``, ``steps`` (alpha-/beta-CROWN iterations per bound,
-default :data:`DEFAULT_STEPS`; for input splitting 0 means CROWN), ``stop_at``, ``progress`` (a tqdm bar: domains
-bounded and open, global lower bound, best value). Out of time or of domains, the bound so far is returned (still
+Options: ``time_limit`` (seconds per example), ``batch_size`` (domains bounded per step), ``steps``
+(alpha-/beta-CROWN iterations per bound; 0 is CROWN), both by default per split (:data:`DEFAULTS`: ReLU domains
+carry slopes and multipliers worth optimizing, input boxes are many and cheap; measured on small random nets and
+ACAS Xu), ``max_domains`` (open domains kept; default: what fits in :data:`DOMAIN_MEMORY` bytes), ``branching``
+("babsr" or "widest"), ``split``, ``stop_at``, ``progress`` (a tqdm bar: domains bounded and open, global lower
+bound, best value). Out of time or of domains, the bound so far is returned (still
 sound) with status "time_limit" (``certify``: unknown); "optimal" when decided; "error" when a leaf could not be
 settled (solver failure, or a tie within rounding). ``upper`` (``compute_upper=True``): the root's alpha-CROWN
 upper bounds, not refined. ``intermediate=`` bounds the root; ``return_intermediate`` returns the root's.
@@ -56,8 +57,7 @@ OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "batch_size", "max_domains"
 SOLVER = True
 SPLITS = ("auto", "relu", "input")
 INPUT_SPLIT_DIMENSIONS = 20
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_STEPS = 20
+DEFAULTS = {"relu": {"batch_size": 64, "steps": 10}, "input": {"batch_size": 512, "steps": 5}}
 DOMAIN_MEMORY = 1 << 30  # bytes of open domains by default (max_domains=None)
 
 
@@ -90,19 +90,23 @@ def _choose_split(split, ball, x, stop_at):
 def _max_domains(net, max_domains, mode):
     """The cap on open domains: given, or what fits in DOMAIN_MEMORY."""
     if max_domains is not None:
-        return check_positive_int(max_domains, "max_domains")
+        return max_domains
     m, widths = net.out_features, sum(net.relu_sizes)
     per_domain = 8 * (m + 2) + (16 * net.in_features if mode == "input" else widths * (1 + 16 + 8 * m))
     return max(1, DOMAIN_MEMORY // per_domain)
 
 
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, time_limit=None,
-           stop_at=None, batch_size=DEFAULT_BATCH_SIZE, max_domains=None, branching="babsr", split="auto",
-           steps=DEFAULT_STEPS, progress=False) -> Bounds:
+           stop_at=None, batch_size=None, max_domains=None, branching="babsr", split="auto", steps=None,
+           progress=False) -> Bounds:
     """Branch-and-bound lower bounds on every output row of ``net`` over the ball (see the module docstring)."""
     time_limit, stop_at = check_time_limit(time_limit), check_stop_at(stop_at)
-    batch_size = check_positive_int(batch_size, "batch_size", minimum=2)
-    steps = check_positive_int(steps, "steps", minimum=0)
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size", minimum=2)
+    if steps is not None:
+        steps = check_positive_int(steps, "steps", minimum=0)
+    if max_domains is not None:
+        max_domains = check_positive_int(max_domains, "max_domains")
     check_choice(branching, BRANCHING, "branching")
     check_choice(split, SPLITS, "split")
     if not isinstance(progress, bool):
@@ -117,12 +121,14 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
         tic = time.perf_counter()
         example_net, example_ball, centre = _example_net(net, i), _one_ball(ball, x, i), x[i:i + 1]
         mode = _choose_split(split, example_ball, centre, stop_at)
+        default = DEFAULTS[mode]
         strategy = (InputSplit if mode == "input" else ReluSplit)(
-            example_net, centre, example_ball, steps=steps, branching=branching, compute_upper=compute_upper,
+            example_net, centre, example_ball, steps=default["steps"] if steps is None else steps,
+            branching=branching, compute_upper=compute_upper,
             intermediate=None if intermediate is None else [(lo[i:i + 1], hi[i:i + 1]) for lo, hi in intermediate])
         search = Search(example_net, centre, example_ball, stop_at, None if time_limit is None else tic + time_limit,
                         _max_domains(example_net, max_domains, mode), progress)
-        status[i] = run(search, strategy, batch_size)
+        status[i] = run(search, strategy, default["batch_size"] if batch_size is None else batch_size)
         lower[i], points[i] = search.lower(), search.points
         if compute_upper:
             upper[i] = strategy.upper[0]
