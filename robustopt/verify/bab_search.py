@@ -147,8 +147,9 @@ class Search:
     def descend(self, starts, ball, centre):
         """A short projected descent on min_r g_r from ``starts`` (k, d) inside ``ball`` around ``centre`` (k, d),
         offering every iterate: the step is a quarter of the box's width (l_inf) or of eps (l_1), shrinking
-        linearly to zero."""
-        if len(starts) == 0:
+        linearly to zero. Skipped once the time is up."""
+        left = self.left()
+        if len(starts) == 0 or (left is not None and left <= 0):
             return
         lo, hi = ball.box(centre)
         scale = (hi - lo) / 4 if ball.norm == "inf" else torch.as_tensor(ball.eps).to(centre).reshape(-1, 1) / 4
