@@ -136,7 +136,8 @@ class ReluSplit:
             search.offer(minimizers)
             best = gap.amin(1).argsort()[:DESCENT_STARTS]
             search.descend(minimizers[best], self.ball, centre[best])
-            choice[alive] = relu_choice(bounds, losses, self.branching)
+            if len(self.layers):  # without ReLU layers every domain is a leaf
+                choice[alive] = relu_choice(bounds, losses, self.branching)
             for i in alive[choice[alive] < 0].tolist():
                 lower[i] = self.settle(search, lower[i], [(lo[i], hi[i]) for lo, hi in inter], [s[i] for s in splits])
         theta = search.threshold()
