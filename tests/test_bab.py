@@ -2,7 +2,7 @@
 
 - on seeded random small MLPs and conv nets (l_inf with and without the box, some l_1): ``certify`` verdicts of
   ``bab`` equal the exact MILP's, every falsified example has a counterexample in the ball whose float64 replay
-  has margin <= 0; 24 networks by default, 320 with ``-m slow``;
+  has margin <= 0; 25 networks by default, 320 more with ``-m slow``;
 - without ``stop_at`` the bound is the exact minimum: below the MILP's (and the independent scipy MILP's)
   minimum, and within its gap;
 - input splitting on 1- and 2-input networks agrees with a fine grid;
@@ -60,9 +60,12 @@ def _check_against_milp(seed):
 
 
 SLOW_SEEDS = (9, 13)  # their MILPs take 5-30 s here: in the slow sweep
+# 123: an l_1 net with leaves that are empty although beta-CROWN does not flag them (their LP is infeasible; the
+# feasibility problem's multipliers prove it)
+DEFAULT_SEEDS = [s for s in range(26) if s not in SLOW_SEEDS] + [123]
 
 
-@pytest.mark.parametrize("seed", [s for s in range(26) if s not in SLOW_SEEDS])
+@pytest.mark.parametrize("seed", DEFAULT_SEEDS)
 def test_certify_verdicts_equal_the_milp(seed):
     _check_against_milp(seed)
 
@@ -70,7 +73,7 @@ def test_certify_verdicts_equal_the_milp(seed):
 @pytest.mark.slow
 def test_certify_verdicts_equal_the_milp_sweep():
     counts = {}
-    for seed in list(SLOW_SEEDS) + list(range(26, 346)):
+    for seed in list(SLOW_SEEDS) + [s for s in range(26, 346) if s not in DEFAULT_SEEDS]:
         for s in _check_against_milp(seed):
             counts[s] = counts.get(s, 0) + 1
     assert counts.get("certified", 0) > 100 and counts.get("falsified", 0) > 100, counts

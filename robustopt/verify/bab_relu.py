@@ -14,6 +14,10 @@ the ball is a linear program (:func:`settle_leaf`; the l_1 ball as :math:`|x' - 
 HiGHS solves it; its minimizer is replayed as a candidate, and its duals :math:`\lambda` only feed the weak-duality
 bound :math:`\min_{x' \in B} (a_r + G^\top \lambda^+)^\top x' - h^\top \lambda^+ + b_r`, computed exactly in the
 network's dtype (:func:`~.methods.minimize_linear`), valid for any multipliers: the solver's word is never taken.
+A leaf can be empty without beta-CROWN noticing (its split constraints contradict each other only jointly): HiGHS
+calls the program infeasible, and the multipliers :math:`\mu \ge 0` of the feasibility problem
+:math:`\min s : G x' - s \le h` prove it when :math:`\min_{x' \in B} \mu^\top (G x' - h) > 0` (then every row's
+bound is :math:`+\infty`).
 So the search is complete: it ends with every domain closed, or a counterexample, or (in exact arithmetic never)
 a leaf whose LP bound and best point straddle the threshold within rounding, counted in ``Search.undecided``.
 """
@@ -45,9 +49,38 @@ def affine_maps(net, active):
     return maps
 
 
+def _solve(cost, G, h, x, ball):
+    """HiGHS on min cost . x' over the ball s.t. G x' <= h; ``cost=None``: the feasibility problem
+    min s s.t. G x' - s <= h. Returns (x' (d,) numpy, multipliers of the G rows clamped >= 0) or (None, None)."""
+    d, m = x.shape[1], len(h)
+    lo, hi = (b[0].cpu().numpy() for b in ball.box(x))
+    A, b = G.cpu().numpy(), h.cpu().numpy()
+    bounds = list(zip(lo, hi))
+    if ball.norm == 1:  # (x', t): |x' - x| <= t, sum t <= eps
+        eye, x0 = np.eye(d), x[0].cpu().numpy()
+        A = np.block([[A, np.zeros((m, d))], [eye, -eye], [-eye, -eye], [np.zeros((1, d)), np.ones((1, d))]])
+        b = np.concatenate([b, x0, -x0, [float(ball.eps if isinstance(ball.eps, float) else ball.eps[0])]])
+        bounds += [(0, None)] * d
+    objective = np.zeros(len(bounds))
+    if cost is None:
+        A = np.hstack([A, np.concatenate([-np.ones(m), np.zeros(len(A) - m)])[:, None]])
+        objective = np.append(objective, 1.0)
+        bounds.append((None, None))
+    else:
+        objective[:d] = cost.cpu().numpy()
+    res = linprog(objective, A_ub=A if len(A) else None, b_ub=b if len(b) else None, bounds=bounds, method="highs")
+    if res.status != 0:
+        return None, None
+    multipliers = torch.as_tensor(-res.ineqlin.marginals[:m], dtype=x.dtype, device=x.device).clamp(min=0) \
+        if m else h
+    return res.x[:d], multipliers
+
+
 def settle_leaf(net, x, ball, active, splits, rows):
     """LP bounds on the rows ``rows`` of one leaf (see the module docstring): (bounds (len(rows),), -inf where
-    the solver failed, and the minimizers found (k, d))."""
+    the solver failed, +inf where the leaf is proven empty, and the minimizers found (k, d)). A program HiGHS
+    calls infeasible is proven empty by the multipliers mu of the feasibility problem: min over the ball of
+    mu . (G x' - h) > 0."""
     maps = affine_maps(net, active)
     G, h = [], []
     for (M, c), s in zip(maps, splits):
@@ -56,29 +89,22 @@ def settle_leaf(net, x, ball, active, splits, rows):
         G.append(-(M[:, j] * sign).T)
         h.append(c[j] * sign)
     G, h = torch.cat(G) if G else x.new_zeros(0, x.shape[1]), torch.cat(h) if h else x.new_zeros(0)
-    d, (M, c) = x.shape[1], maps[-1]
-    lo, hi = (b[0].cpu().numpy() for b in ball.box(x))
-    A_ub, b_ub = G.cpu().numpy(), h.cpu().numpy()
-    if ball.norm == 1:  # variables (x', t): |x' - x| <= t, sum t <= eps
-        eye, x0 = np.eye(d), x[0].cpu().numpy()
-        A_ub = np.block([[A_ub, np.zeros_like(A_ub)], [eye, -eye], [-eye, -eye], [np.zeros((1, d)), np.ones((1, d))]])
-        b_ub = np.concatenate([b_ub, x0, -x0, [float(ball.eps if isinstance(ball.eps, float) else ball.eps[0])]])
-        var_bounds = list(zip(lo, hi)) + [(0, None)] * d
-    else:
-        var_bounds = list(zip(lo, hi))
+    M, c = maps[-1]
+
+    def dual_value(coef, constant):  # min over the ball of coef . x' + constant, exactly
+        return float(minimize_linear(coef.view(1, 1, -1), x, ball)[0, 0] + constant)
+
     bounds, points = [], []
     for r in rows.tolist():
-        cost = M[:, r].cpu().numpy()
-        res = linprog(np.concatenate([cost, np.zeros(len(var_bounds) - d)]), A_ub=A_ub if len(A_ub) else None,
-                      b_ub=b_ub if len(b_ub) else None, bounds=var_bounds, method="highs")
-        if res.status != 0:
+        point, lam = _solve(M[:, r], G, h, x, ball)
+        if point is None:
+            _, mu = _solve(None, G, h, x, ball)
+            if mu is not None and dual_value(G.T @ mu, -h @ mu) > 0:
+                return torch.full((len(rows),), float("inf"), dtype=x.dtype, device=x.device), x[:0]
             bounds.append(float("-inf"))
             continue
-        lam = torch.as_tensor(-res.ineqlin.marginals[:len(h)], dtype=x.dtype, device=x.device).clamp(min=0) \
-            if len(h) else h
-        coef = M[:, r] + G.T @ lam
-        bounds.append(float(minimize_linear(coef.view(1, 1, -1), x, ball)[0, 0] - h @ lam + c[r]))
-        points.append(torch.as_tensor(res.x[:d], dtype=x.dtype, device=x.device))
+        bounds.append(dual_value(M[:, r] + G.T @ lam, c[r] - h @ lam))
+        points.append(torch.as_tensor(point, dtype=x.dtype, device=x.device))
     return torch.tensor(bounds, dtype=x.dtype, device=x.device), (torch.stack(points) if points else x[:0])
 
 
