@@ -29,8 +29,6 @@ smallest lower bound exceeds it), ``time_limit`` (seconds per example; the batch
 the search, :mod:`.crown`). The search keeps its autograd graph, so it is not chunked.
 ``optimize_intermediate=False`` optimizes the output rows' slopes only: the intermediate bounds are CROWN's (or
 the given ones, recomputed after the first split layer), computed once (what branch and bound uses per domain).
-``tighten_intermediate=True`` (with ``intermediate=`` valid on a larger set, e.g. a parent box) computes every
-layer's bounds and intersects them with the given ones.
 """
 from __future__ import annotations
 
@@ -47,7 +45,7 @@ from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
 
 NORMS = ("inf", 2, 1)
 OPTIONS = COMMON_OPTIONS | {"steps", "lr", "lr_decay", "stop_at", "time_limit", "splits", "memory", "alphas",
-                            "search_dtype", "skip_stable", "optimize_intermediate", "tighten_intermediate"}
+                            "search_dtype", "skip_stable", "optimize_intermediate"}
 SOLVER = False
 
 
@@ -181,23 +179,20 @@ def search_pass(net, x, ball, rows, slopes, beta_terms, base, splits, out, featu
 
 def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, splits=None,
              memory=None, alphas=None, steps=20, lr=0.5, lr_decay=0.98, stop_at=None, time_limit=None,
-             search_dtype=None, skip_stable=True, optimize_intermediate=True, tighten_intermediate=False,
-             beta=None) -> Bounds:
+             search_dtype=None, skip_stable=True, optimize_intermediate=True, beta=None) -> Bounds:
     """The alpha-CROWN search; ``beta`` (beta-CROWN) is None or a callable ``beta(x, R, alphas) -> (params,
     terms, place)``: multiplier tensors to optimize (kept >= 0; warm-started from ``alphas.betas``), the map
     from them to the signed coefficient terms per ReLU layer, and the map to one entry per ReLU layer
     (see :mod:`.beta_crown`)."""
     steps, lr, lr_decay, stop_at, time_limit = check_search_options(steps, lr, lr_decay, stop_at, time_limit,
                                                                      search_dtype)
-    for flag, name in ((optimize_intermediate, "optimize_intermediate"),
-                       (tighten_intermediate, "tighten_intermediate")):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{name} must be True or False; got {flag!r}")
+    if not isinstance(optimize_intermediate, bool):
+        raise ValueError(f"optimize_intermediate must be True or False; got {optimize_intermediate!r}")
     deadline = None if time_limit is None else time.perf_counter() + time_limit * len(x)
     base, _, rule, infeasible = crown.intermediate_bounds(net, x, ball, "adaptive", intermediate, splits, memory,
-                                                                skip_stable, tighten_intermediate)
+                                                                skip_stable)
     L, top = len(base), len(net.affine) - 1
-    start = max(1, first_recomputed(intermediate, splits, L, tighten_intermediate))  # bounded here, as in CROWN
+    start = max(1, first_recomputed(intermediate, splits, L))  # layers bounded here (not given), as in CROWN
     rows = {j: unstable_index(*base[j]) for j in range(start, L)} if optimize_intermediate else {}
     op, m = net.affine[top], net.affine[top].out_features
     everything = torch.arange(m, device=x.device)

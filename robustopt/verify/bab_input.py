@@ -1,13 +1,11 @@
 r"""Branch and bound on the input box, for inputs with few free coordinates (ReluVal / nnenum's setting; the loop is
 :mod:`.bab_search`). l_inf balls only: the ball ∩ box is a box, and so is each half of it.
 
-A domain is a sub-box :math:`[l, u]` of the ball. It is bounded by alpha-CROWN (``steps`` iterations of the output
-slopes; 0 is CROWN), its pre-activation bounds computed afresh and intersected with its parent's (valid on the
-parent box, so on this one), over a slightly larger box (each side moved out by :data:`SLACK` relative to its
-magnitude, so that rounding in the ball's arithmetic can never leave a sliver of the domain unbounded; a bound over
-a larger set is still a bound). A child's bound is the larger of its own and its parent's. Candidates: the box's
-centre and the minimizer of the worst row's linear bound (a corner), then a short descent inside the box from the
-most promising domains.
+A domain is a sub-box :math:`[l, u]` of the ball. It is bounded by alpha-CROWN (``steps`` iterations; 0 is CROWN)
+over a slightly larger box (each side moved out by :data:`SLACK` relative to its magnitude, so that rounding in
+the ball's arithmetic can never leave a sliver of the domain unbounded; a bound over a larger set is still a
+bound). A child's bound is the larger of its own and its parent's. Candidates: the box's centre and the minimizer
+of the worst row's linear bound (a corner), then a short descent inside the box from the most promising domains.
 A step halves each popped box at the middle of the coordinate its score chose (:func:`~.branching.input_choice`).
 
 As the boxes shrink the relaxations become exact (every unstable neuron's interval shrinks to its point), so every
@@ -41,7 +39,6 @@ class InputSplit:
         self.net, self.x, self.ball, self.steps, self.branching = net, x, ball, steps, branching
         self.compute_upper, self.given = compute_upper, intermediate
         self.upper = self.intermediate = None
-        self.layers = range(len(net.relu_sizes))
 
     def root(self, search):
         lo, hi = self.ball.box(self.x)
@@ -56,18 +53,17 @@ class InputSplit:
         middle = (fields["lo"][first, j] + fields["hi"][first, j]) / 2
         hi[first, j] = middle
         lo[first + P, j] = middle
-        parent_bounds = [(fields[f"zlo{k}"][parent], fields[f"zhi{k}"][parent]) for k in self.layers]
-        self.add(search, lo, hi, lower[parent], parent_bounds)
+        self.add(search, lo, hi, lower[parent])
 
-    def add(self, search, lo, hi, parent_lower, parent_bounds=None):
+    def add(self, search, lo, hi, parent_lower):
         """Bound new boxes, mine them for counterexamples, choose their split coordinates, keep the open ones."""
         root = parent_lower is None
         centre, ball = cover(lo, hi)
         left = search.left()
         res, slopes, _ = bound_domains(self.net, centre, ball, steps=self.steps, stop_at=search.stop_at,
                                        compute_upper=root and self.compute_upper,
-                                       intermediate=self.given if root else parent_bounds,
-                                       optimize_intermediate=root, tighten_intermediate=not root,
+                                       intermediate=self.given if root else None,
+                                       optimize_intermediate=root,
                                        time_limit=None if left is None else max(left, 1e-3) / len(lo))
         lower = res.lower if root else torch.maximum(res.lower, parent_lower)
         if root:
@@ -92,7 +88,5 @@ class InputSplit:
         search.domains.discard(lower[point])
         search.undecided += int((~(lower[point] > theta).all(1)).sum())
         keep = ~point
-        bounds = {f"z{side}{k}": b[keep] for k, pair in enumerate(res.intermediate)
-                  for side, b in zip(("lo", "hi"), pair)}
-        search.domains.push(lower[keep], theta, lo=lo[keep], hi=hi[keep], branch=choice[keep], **bounds)
+        search.domains.push(lower[keep], theta, lo=lo[keep], hi=hi[keep], branch=choice[keep])
         search.tick(len(lower))

@@ -100,13 +100,11 @@ def apply_split(lo, hi, split, given: bool = False):
     clamped = ((lo > hi) & (split != 0)).any(1)
     return lo, hi, (clamped | empty) if given else clamped
 
-def first_recomputed(intermediate, splits, layers: int, tighten: bool = False) -> int:
+def first_recomputed(intermediate, splits, layers: int) -> int:
     """The first ReLU layer whose bounds a method computes: 0 without ``intermediate``; with it, the layer
     after the first split one (the given bounds hold before it; after it, a bound computed from the
-    clamped ones, intersected with the given one, is tighter), or ``layers`` (none) without splits.
-    ``tighten``: 0 (every layer computed and intersected with the given bounds: for a smaller input set, e.g. a
-    sub-box of the box the given bounds hold on)."""
-    if intermediate is None or tighten:
+    clamped ones, intersected with the given one, is tighter), or ``layers`` (none) without splits."""
+    if intermediate is None:
         return 0
     split_layers = [k for k, s in enumerate(splits or []) if s is not None and bool(s.any())]
     return split_layers[0] + 1 if split_layers else layers

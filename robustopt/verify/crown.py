@@ -123,15 +123,14 @@ def reference_bounds(net, k, previous, x, ball, memory=None):
 
 
 def intermediate_bounds(net, x, ball, relaxation="adaptive", intermediate=None, splits=None, memory=None,
-                        skip_stable=True, tighten=False):
+                        skip_stable=True):
     """Pre-activation bounds of every ReLU layer (computed with ``relaxation`` unless ``intermediate`` is
     given), clamped to ``splits``, with their relaxations, fixed-rule lower slopes and the (n,) mask of
-    domains found infeasible. ``tighten``: every layer computed and intersected with ``intermediate``
-    (:func:`~.backward.first_recomputed`)."""
+    domains found infeasible."""
     memory, skip_stable = check_memory(memory), check_skip_stable(skip_stable)
     bounds, relaxations, alphas = [], [], []
     infeasible = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    start = first_recomputed(intermediate, splits, len(net.relu_sizes), tighten)
+    start = first_recomputed(intermediate, splits, len(net.relu_sizes))
     for k in range(len(net.relu_sizes)):
         given = None if intermediate is None else intermediate[k]
         if k < start:
