@@ -122,7 +122,7 @@ def test_ties_are_counterexamples(final_relu):
 
     model = _boundary_net(final_relu)
     prop = local_robustness(np.array([0.75, 0.5]), 0, 0.25, 2)  # x_0 in [0.5, 1] exactly
-    for method, attack in (("auto", True), ("auto", False), ("milp", False)):
+    for method, attack in (("auto", True), ("auto", False), ("milp", False), ("bab", False)):
         report = verify_property(model, prop, method=method, attack=attack, time_limit=None)
         assert report["result"] == "sat", (method, attack)
         x, y = report["counterexample"]["x"], report["counterexample"]["y"]
@@ -149,7 +149,7 @@ def test_bad_input(digits):
     model, Xt, yt = digits
     prop = local_robustness(Xt[0], int(yt[0]), 0.01, 10)
     with pytest.raises(ValueError, match="method"):
-        verify_property(model, prop, method="bab")
+        verify_property(model, prop, method="deeppoly")
     with pytest.raises(ValueError, match="time_limit"):
         verify_property(model, prop, time_limit=-1)
     with pytest.raises(ValueError, match="Property"):

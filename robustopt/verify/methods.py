@@ -16,7 +16,7 @@ Capability flags (:data:`CAPABILITIES`; every method declares each one, as a boo
 never the option names):
 
 ``SOLVER``
-    per-example optimization (``lp``, ``lp-cvxpy``, ``milp``): ``certify`` runs it in one task per example,
+    per-example optimization (``lp``, ``lp-cvxpy``, ``milp``, ``bab``): ``certify`` runs it in one task per example,
     only on the examples the attack left open; ``compare`` runs it after the closed-form methods and gives
     it their shared intermediate bounds.
 ``EXACT``
@@ -93,6 +93,7 @@ METHODS = {
     "lp-cvxpy": "lp_cvxpy",
     "milp": "milp",
     "beta-crown": "beta_crown",
+    "bab": "bab",
 }
 COMMON_OPTIONS = frozenset({"compute_upper", "intermediate", "return_intermediate"})
 # the capability flags every method module declares (bools; see the module docstring), and the option that each

@@ -11,9 +11,11 @@ With :math:`h_i(x) = \max_r (A_{ir} f(x) - b_{ir})` per disjunct (:mod:`.objecti
    :math:`\min_x A_{ir} f(x) > b_{ir}` (strictly: equality is a counterexample);
 3. **targeted attack**: PGD again, one run per disjunct still open (multi-targeted, the ten with the lowest
    :math:`h_i` at the centre), on its :math:`h_i`;
-4. **milp**: the exact MILP (``robustopt.verify`` method ``"milp"``) on :math:`h_i` of the open disjuncts,
-   within the time left, stopping as soon as the verdict is known. A disjunct is refuted by a proven lower
-   bound > 0; the MILP's minimizers are candidate witnesses.
+4. **bab**: branch and bound (``robustopt.verify`` method ``"bab"``; input splitting on low-dimensional inputs,
+   ReLU splitting otherwise) on :math:`h_i` of the open disjuncts, within the time left, stopping as soon as the
+   verdict is known. A disjunct is refuted by a proven lower bound > 0; the points it finds are candidate
+   witnesses. ``method="milp"`` runs the exact MILP in this stage instead, ``method="bab"`` branch and bound
+   (both after the attacks only).
 
 A witness from any stage is reported only after :meth:`Property.check_witness` replays it: clipped to the
 box in float64, run through a float64 copy of the model, and tested against the condition with exact
@@ -38,7 +40,9 @@ from .property import Property
 
 __all__ = ["verify_property", "METHODS", "DEFAULT_TIME_LIMIT"]
 
-METHODS = ("auto", "ibp", "crown", "alpha-crown", "dual", "lp", "milp")
+METHODS = ("auto", "ibp", "crown", "alpha-crown", "dual", "lp", "milp", "bab")
+COMPLETE = ("milp", "bab")  # complete methods: run after the attacks (and, for "auto", the bounds)
+AUTO_COMPLETE = "bab"
 DEFAULT_TIME_LIMIT = 300.0
 AUTO_BOUNDS = ("crown", "alpha-crown")
 TARGETED_SHARE = 4  # the targeted attack runs attack_restarts // 4 starts per open disjunct
@@ -119,26 +123,26 @@ class _Run:
                 refuted.add(i)
         self._drop(refuted, method)
 
-    def exact(self) -> str | None:
-        """The MILP on h_i of the open disjuncts (one program, its rows solved weakest first, stopping at the
-        first that cannot be lifted above 0), within the time left. Returns "timeout" when time ran out with
-        disjuncts open, else None (refuted disjuncts are dropped; a replayed minimizer becomes the witness)."""
+    def exact(self, method) -> str | None:
+        """A complete method (``"milp"`` or ``"bab"``) on h_i of the open disjuncts, stopping as soon as the verdict
+        is known, within the time left. Returns "timeout" when time ran out with disjuncts open, else None
+        (refuted disjuncts are dropped; a replayed point becomes the witness)."""
         from ..verify.api import Problem
 
         problem = Problem(objective_model(self.model, self.prop, self.open), self.x, self.eps, "inf", self.lower,
                           self.upper)
         eye = torch.eye(len(self.open), dtype=torch.float64, device=self.x.device)
         options = {"stop_at": 0.0, "time_limit": None if self.time_limit is None else max(self.left(), 1e-3)}
-        res = problem.bounds(eye, "milp", torch.arange(1, device=self.x.device), options)
+        res = problem.bounds(eye, method, torch.arange(1, device=self.x.device), options)
         points = res.points[0]
         points = points[~torch.isnan(points).any(1)]
-        if len(points) and self.try_witness(points.reshape(-1, *self.shape), "milp"):
+        if len(points) and self.try_witness(points.reshape(-1, *self.shape), method):
             return None
         lower = res.lower[0].detach().cpu().double().numpy()
         refuted = {i for i, value in zip(self.open, lower) if value > 0}
         for i, value in zip(self.open, lower):
             self.disjunct_lower[i] = max(self.disjunct_lower[i], value)
-        self._drop(refuted, "milp")
+        self._drop(refuted, method)
         timed_out = str(res.status[0]) == "time_limit"
         return "timeout" if self.open and (timed_out or self.out_of_time()) else None
 
@@ -168,11 +172,13 @@ def verify_property(model, prop, method="auto", time_limit=DEFAULT_TIME_LIMIT, *
     """Decide ``prop`` (a :class:`Property`) for ``model`` (an ``nn.Sequential`` of supported layers, e.g.
     from :func:`robustopt.onnx.load`); see the module docstring.
 
-    ``method``: ``"auto"`` (attack, CROWN, alpha-CROWN, targeted attack, then the exact MILP), ``"milp"``
-    (attacks, then the MILP), or one bound method (``"ibp"``, ``"crown"``, ``"alpha-crown"``, ``"dual"``,
-    ``"lp"``): attack, then that method alone (it can prove unsat, never sat; undecided is "unknown").
-    ``time_limit``: seconds for the whole call (``None``: no limit); alpha-CROWN and the MILP get what the
+    ``method``: ``"auto"`` (attack, CROWN, alpha-CROWN, targeted attack, then branch and bound), ``"bab"`` or
+    ``"milp"`` (attacks, then that complete method), or one bound method (``"ibp"``, ``"crown"``,
+    ``"alpha-crown"``, ``"dual"``, ``"lp"``): attack, then that method alone (it can prove unsat, never sat;
+    undecided is "unknown").
+    ``time_limit``: seconds for the whole call (``None``: no limit); alpha-CROWN and the complete method get what the
     earlier stages left (the attacks and CROWN always run to the end: a fraction of a second on MNIST MLPs).
+    The complete stage's status "error" (a leaf or program it could not settle) is "unknown".
     ``input_shape``: the shape of one input (default ``model.input_shape``, else flat). ``attack=False`` (the
     centre is still checked) skips the attacks; ``attack_steps`` (PGD steps), ``attack_restarts`` (random
     starts, run as one batch) and ``seed`` configure them.
@@ -189,20 +195,20 @@ def verify_property(model, prop, method="auto", time_limit=DEFAULT_TIME_LIMIT, *
     run = _Run(model, prop, time_limit, _input_shape(model, prop, input_shape))
     if run.try_witness(run.x, "attack") or (attack and run.attack(attack_steps, attack_restarts, seed, False)):
         return run.report("sat")
-    bound_methods = AUTO_BOUNDS if method == "auto" else (() if method == "milp" else (method,))
+    bound_methods = AUTO_BOUNDS if method == "auto" else (() if method in COMPLETE else (method,))
     for name in bound_methods:
         if not run.open:
             break
         if run.out_of_time():
             return run.report("timeout")
         run.refute(name)
-    if run.open and method in ("auto", "milp"):
+    if run.open and method in ("auto",) + COMPLETE:
         targeted_restarts = max(1, attack_restarts // TARGETED_SHARE)
         if attack and run.attack(attack_steps, targeted_restarts, seed, True):
             return run.report("sat")
         if run.out_of_time():
             return run.report("timeout")
-        verdict = run.exact()
+        verdict = run.exact(AUTO_COMPLETE if method == "auto" else method)
         if run.witness is not None:
             return run.report("sat")
         if verdict is not None:

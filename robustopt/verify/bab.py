@@ -1,0 +1,145 @@
+r"""``bab``: complete verification by branch and bound, on ReLU splits or on the input box.
+
+For each example and output row r of the (spec-folded) network g, the method returns a **proven** lower bound on
+:math:`\min_{x' \in B} g_r(x')`. The ball is cut into domains, each bounded by alpha-/beta-CROWN; the domains whose
+every row is above the threshold are closed, the others are split further, best first (:mod:`.bab_search`):
+
+- ``split="relu"`` (:mod:`.bab_relu`): fix one unstable neuron active / inactive, chosen by BaBSR's intercept
+  score (:mod:`.branching`); children bounded by beta-CROWN warm-started from their parent; leaves (no unstable
+  neuron left) settled by a linear program whose duals give a bound checked in float64. Complete.
+- ``split="input"`` (:mod:`.bab_input`): halve the box along the coordinate with the largest
+  :math:`|A_j| \cdot` width in the linear bound; l_inf only. Decides every row whose minimum is not exactly at the
+  threshold.
+- ``split="auto"``: input splitting for a decision (``stop_at`` given) when the ball is l_inf and at most
+  :data:`INPUT_SPLIT_DIMENSIONS` coordinates can move (its box has lower < upper there), else ReLU splitting
+  (without ``stop_at`` the bound must reach the exact minimum, which only the leaves' LPs give quickly: input
+  splitting closes the last gap around a minimizer on an activation boundary very slowly).
+
+The threshold: with ``stop_at=t`` (what ``certify`` passes, t = 0) an example is decided once every domain has
+every row > t, or a point of the ball with some :math:`g_r \le t` is found (ties count); without it, the search
+runs until each row's bound is within a relative 1e-6 of the best value found (the exact minimum). Candidate points
+(bound minimizers, short descents, the leaves' LP solutions) are replayed through the network in its dtype; the
+best per row is ``Bounds.points`` (n, m, d), NaN where none (the API replays them again).
+
+Options: ``time_limit`` (seconds per example), ``batch_size`` (domains bounded per step), ``steps``
+(alpha-/beta-CROWN iterations per bound; 0 is CROWN), both by default per split (:data:`DEFAULTS`: ReLU domains
+carry slopes and multipliers worth optimizing, input boxes are many and cheap; measured on small random nets and
+ACAS Xu), ``max_domains`` (open domains kept; default: what fits in :data:`DOMAIN_MEMORY` bytes), ``branching``
+("babsr" or "widest"), ``split``, ``stop_at``, ``progress`` (a tqdm bar: domains bounded and open, global lower
+bound, best value). Out of time or of domains, the bound so far is returned (still
+sound) with status "time_limit" (``certify``: unknown); "optimal" when decided; "error" when a leaf could not be
+settled (solver failure, or a tie within rounding). ``upper`` (``compute_upper=True``): the root's alpha-CROWN
+upper bounds, not refined. ``intermediate=`` bounds the root; ``return_intermediate`` returns the root's.
+``info`` (lists, one entry per example): domains bounded, domains still open, undecided leaves, seconds, the
+split used.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .._validation import check_choice, check_positive_int
+from ..sets import Ball
+from .bab_input import InputSplit
+from .bab_relu import ReluSplit
+from .bab_search import Search, run
+from .branching import BRANCHING
+from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
+from .network import Network
+from .operators import BatchLinear, Linear
+
+NORMS = ("inf", 1)
+OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "batch_size", "max_domains", "branching", "split", "steps",
+                            "progress"}
+SOLVER = True
+EXACT = True  # without stop_at, an example that ends "optimal" has its exact minimum, to a gap of 1e-6 (|v| + 1)
+TAKES_TIME_LIMIT = True
+TAKES_STOP_AT = True
+TAKES_SPLITS = False
+SPLITS = ("auto", "relu", "input")
+INPUT_SPLIT_DIMENSIONS = 20
+DEFAULTS = {"relu": {"batch_size": 64, "steps": 10}, "input": {"batch_size": 512, "steps": 5}}
+DOMAIN_MEMORY = 1 << 30  # bytes of open domains by default (max_domains=None)
+
+
+def _example_net(net, i):
+    """The network of example i with its last operator shared (a batch of domains of one example)."""
+    op = net.affine[-1]
+    if not op.batched:
+        return net
+    if not isinstance(op, BatchLinear):
+        raise ValueError(f"bab: unsupported per-example last operator {op!r}")
+    return Network(net.affine[:-1] + [Linear(op.weight[i], op.bias[i])], False, net.in_shape)
+
+
+def _one_ball(ball, x, i):
+    """The ball of example i with a scalar radius (it then serves any number of domains of that example)."""
+    b = ball.flat(x).select(slice(i, i + 1))
+    return Ball(b.eps if isinstance(b.eps, float) else float(b.eps[0]), b.norm, b.lower, b.upper)
+
+
+def _choose_split(split, ball, x, stop_at):
+    if split == "input" and ball.norm != "inf":
+        raise ValueError(f"split='input' needs an l_inf ball (a box); got norm={ball.norm!r}: use split='relu'")
+    if split != "auto":
+        return split
+    lo, hi = ball.box(x)
+    free = int((hi > lo).sum())
+    return "input" if ball.norm == "inf" and 0 < free <= INPUT_SPLIT_DIMENSIONS and stop_at is not None else "relu"
+
+
+def _max_domains(net, max_domains, mode):
+    """The cap on open domains: given, or what fits in DOMAIN_MEMORY."""
+    if max_domains is not None:
+        return max_domains
+    m, widths = net.out_features, sum(net.relu_sizes)
+    per_domain = 8 * (m + 2) + (16 * net.in_features if mode == "input" else widths * (1 + 16 + 8 * m))
+    return max(1, DOMAIN_MEMORY // per_domain)
+
+
+def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, time_limit=None,
+           stop_at=None, batch_size=None, max_domains=None, branching="babsr", split="auto", steps=None,
+           progress=False) -> Bounds:
+    """Branch-and-bound lower bounds on every output row of ``net`` over the ball (see the module docstring)."""
+    time_limit, stop_at = check_time_limit(time_limit), check_stop_at(stop_at)
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size", minimum=2)
+    if steps is not None:
+        steps = check_positive_int(steps, "steps", minimum=0)
+    if max_domains is not None:
+        max_domains = check_positive_int(max_domains, "max_domains")
+    check_choice(branching, BRANCHING, "branching")
+    check_choice(split, SPLITS, "split")
+    if not isinstance(progress, bool):
+        raise ValueError(f"progress must be True or False; got {progress!r}")
+    n, m = x.shape[0], net.out_features
+    lower = x.new_empty(n, m)
+    upper = x.new_empty(n, m) if compute_upper else None
+    points = x.new_full((n, m, x.shape[1]), float("nan"))
+    status, used = np.empty(n, dtype=object), []
+    info = {"domains": [], "open": [], "undecided": [], "seconds": [], "split": []}
+    for i in range(n):
+        tic = time.perf_counter()
+        example_net, example_ball, centre = _example_net(net, i), _one_ball(ball, x, i), x[i:i + 1]
+        mode = _choose_split(split, example_ball, centre, stop_at)
+        default = DEFAULTS[mode]
+        strategy = (InputSplit if mode == "input" else ReluSplit)(
+            example_net, centre, example_ball, steps=default["steps"] if steps is None else steps,
+            branching=branching, compute_upper=compute_upper,
+            intermediate=None if intermediate is None else [(lo[i:i + 1], hi[i:i + 1]) for lo, hi in intermediate])
+        search = Search(example_net, centre, example_ball, stop_at, None if time_limit is None else tic + time_limit,
+                        _max_domains(example_net, max_domains, mode), progress)
+        status[i] = run(search, strategy, default["batch_size"] if batch_size is None else batch_size)
+        lower[i], points[i] = search.lower(), search.points
+        if compute_upper:
+            upper[i] = strategy.upper[0]
+        used.append(strategy.intermediate)
+        for key, value in (("domains", search.bounded), ("open", len(search.domains)),
+                           ("undecided", search.undecided), ("seconds", time.perf_counter() - tic), ("split", mode)):
+            info[key].append(value)
+    inter = [(torch.cat([u[k][0] for u in used]), torch.cat([u[k][1] for u in used]))
+             for k in range(len(net.relu_sizes))]
+    return Bounds(lower=lower, upper=upper, intermediate=inter if return_intermediate else None, points=points,
+                  status=status.astype(str), info=info)

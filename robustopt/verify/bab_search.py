@@ -1,0 +1,194 @@
+r"""The branch-and-bound loop shared by ReLU splitting (:mod:`.bab_relu`) and input splitting (:mod:`.bab_input`).
+
+One :class:`Search` per example: the spec-folded network :math:`g` (m rows, the last operator shared by every
+domain), the centre x (1, d), the ball B and the clock. It keeps
+
+- the **incumbent**: per row r the smallest replayed value :math:`U_r = g_r(p_r)` over every candidate point
+  p of B offered so far (:meth:`Search.offer`: projected onto B, replayed in the network's dtype), an upper
+  bound on :math:`\min_B g_r`, and the point;
+- the **threshold** :math:`\theta_r` a domain's row must exceed to be closed: ``stop_at`` when given (the
+  question is whether :math:`\min_B g_r > t`; a point with :math:`g_r \le t` answers it, ties included), else
+  :math:`U_r - \mathrm{gap}(U_r)` with :data:`GAP` relative (the bound is then the minimum within the gap);
+- the open domains (:class:`Domains`), best first: the domain whose worst row is furthest below its threshold.
+
+The lower bound returned for row r is the minimum of the row's bound over the open domains and over every
+domain discarded (closed, infeasible, or a leaf the LP could not settle): the domains always cover B, so it is
+a proven bound on :math:`\min_B g_r`, whenever the search stops.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+GAP = 1e-6  # relative gap closing a row without stop_at: lower > U - GAP * max(1, |U|)
+PGD_STEPS = 10
+
+
+class Domains:
+    """Open domains: bound rows ``lower`` (N, m) and named fields (tensors with the domain first), stored with
+    spare capacity so that adding and removing k domains costs O(k). ``closed`` (m,): the smallest bound of
+    every row over the domains discarded so far."""
+
+    def __init__(self, m, like):
+        self.size, self.fields, self.names = 0, [], None
+        self.lower = like.new_zeros(0, m)
+        self.closed = like.new_full((m,), float("inf"))
+
+    def __len__(self):
+        return self.size
+
+    def bound(self):
+        """(m,) proven lower bound over every domain, open or discarded."""
+        return torch.minimum(self.closed, self.lower[:self.size].amin(0)) if self.size else self.closed.clone()
+
+    def discard(self, lower):
+        """Record the bounds (k, m) of domains leaving the search."""
+        if len(lower):
+            self.closed = torch.minimum(self.closed, lower.amin(0))
+
+    def push(self, lower, threshold, **fields):
+        """Add domains (rows of ``lower`` and of every field); those whose every row exceeds ``threshold`` (m,)
+        (proven, or infeasible: +inf) are discarded instead."""
+        done = (lower > threshold).all(1)
+        self.discard(lower[done])
+        keep = ~done
+        if not bool(keep.any()):
+            return
+        lower, fields = lower[keep], {k: v[keep] for k, v in fields.items()}
+        if self.names is None:
+            self.names = list(fields)
+            self.fields = [v.new_empty(0, *v.shape[1:]) for v in fields.values()]
+        k, end = len(lower), self.size + len(lower)
+        if end > len(self.lower):
+            grow = max(end, 2 * len(self.lower), 64)
+            self.lower = _grow(self.lower, grow)
+            self.fields = [_grow(v, grow) for v in self.fields]
+        self.lower[self.size:end] = lower
+        for store, name in zip(self.fields, self.names):
+            store[self.size:end] = fields[name]
+        self.size = end
+
+    def pop(self, k, threshold):
+        """Discard the open domains now proven above ``threshold``, then remove and return the k whose worst row
+        is furthest below it: (lower (k, m), {name: (k, ...)})."""
+        lower = self.lower[:self.size]
+        self._remove(torch.nonzero((lower > threshold).all(1)).flatten(), discard=True)
+        k = min(k, self.size)
+        key = (self.lower[:self.size] - threshold).amin(1)
+        idx = torch.topk(key, k, largest=False).indices
+        out = self.lower[idx].clone(), {n: v[idx].clone() for n, v in zip(self.names or [], self.fields)}
+        self._remove(idx, discard=False)
+        return out
+
+    def _remove(self, idx, discard):
+        """Remove rows idx, moving the last rows into the holes."""
+        if idx.numel() == 0:
+            return
+        if discard:
+            self.discard(self.lower[idx])
+        end = self.size - idx.numel()
+        gone = torch.zeros(self.size, dtype=torch.bool, device=idx.device)
+        gone[idx] = True
+        holes = torch.nonzero(gone[:end]).flatten()
+        movers = torch.nonzero(~gone[end:]).flatten() + end
+        for store in [self.lower] + self.fields:
+            store[holes] = store[movers]
+        self.size = end
+
+
+def _grow(t, rows):
+    out = t.new_empty(rows, *t.shape[1:])
+    out[:len(t)] = t
+    return out
+
+
+class Search:
+    """The state of one example's branch and bound (see the module docstring). ``deadline``: a
+    ``time.perf_counter()`` value or None; ``max_domains``: the most open domains kept."""
+
+    def __init__(self, net, x, ball, stop_at, deadline, max_domains, progress):
+        self.net, self.x, self.ball, self.stop_at = net, x, ball, stop_at
+        self.deadline, self.max_domains = deadline, max_domains
+        m = net.out_features
+        self.best = x.new_full((m,), float("inf"))
+        self.points = x.new_full((m, x.shape[1]), float("nan"))
+        self.domains = Domains(m, x)
+        self.undecided = 0  # leaves discarded without being settled (see bab_relu)
+        self.bounded = 0
+        self.bar = tqdm(desc="bab", disable=not progress, leave=False)
+
+    def threshold(self):
+        """(m,) the value a domain's row must exceed to be closed."""
+        if self.stop_at is not None:
+            return torch.full_like(self.best, self.stop_at)
+        return self.best - GAP * self.best.abs().clamp(min=1.0)
+
+    def falsified(self) -> bool:
+        return self.stop_at is not None and bool((self.best <= self.stop_at).any())
+
+    def left(self):
+        """Seconds left (None: no limit)."""
+        return None if self.deadline is None else self.deadline - time.perf_counter()
+
+    @torch.no_grad()
+    def offer(self, points):
+        """Candidate points (k, d): projected onto the ball, replayed; the incumbent keeps each row's best."""
+        if len(points) == 0:
+            return
+        points = self.ball.project(points.to(self.x), self.x.expand(len(points), -1))
+        values = self.net(points)
+        low, at = values.min(0)
+        better = low < self.best
+        self.best = torch.where(better, low, self.best)
+        self.points[better] = points[at[better]]
+
+    def descend(self, starts, ball, centre):
+        """A short projected descent on min_r g_r from ``starts`` (k, d) inside ``ball`` around ``centre`` (k, d),
+        offering every iterate: the step is a quarter of the box's width (l_inf) or of eps (l_1), shrinking
+        linearly to zero. Skipped once the time is up."""
+        left = self.left()
+        if len(starts) == 0 or (left is not None and left <= 0):
+            return
+        lo, hi = ball.box(centre)
+        scale = (hi - lo) / 4 if ball.norm == "inf" else torch.as_tensor(ball.eps).to(centre).reshape(-1, 1) / 4
+        point = starts.detach()
+        for t in range(PGD_STEPS):
+            with torch.enable_grad():
+                point = point.detach().requires_grad_(True)
+                grad, = torch.autograd.grad(self.net(point).amin(1).sum(), point)
+            point = ball.project(point.detach() - scale * (1 - t / PGD_STEPS) * ball.steepest_ascent(grad), centre)
+            self.offer(point)
+
+    def lower(self):
+        return self.domains.bound()
+
+    def finish(self, status):
+        self.bar.close()
+        return status
+
+    def tick(self, bounded):
+        self.bounded += bounded
+        self.bar.update(bounded)
+        if not self.bar.disable:
+            low = float(self.lower().min())
+            self.bar.set_postfix(domains=len(self.domains), lower=f"{low:.4g}", best=f"{float(self.best.min()):.4g}")
+
+
+def run(search, strategy, batch_size):
+    """Branch and bound until decided, out of time or out of domains; returns the status ("optimal": decided,
+    "time_limit": stopped early, the bound still sound; "error": a leaf could not be settled)."""
+    strategy.root(search)
+    while True:
+        if search.falsified():
+            return search.finish("optimal")
+        threshold = search.threshold()
+        if len(search.domains) == 0:
+            return search.finish("error" if search.undecided else "optimal")
+        left = search.left()
+        if (left is not None and left <= 0) or len(search.domains) + batch_size > search.max_domains:
+            return search.finish("time_limit")
+        lower, fields = search.domains.pop(max(1, batch_size // 2), threshold)
+        if len(lower):
+            strategy.expand(search, lower, fields)
