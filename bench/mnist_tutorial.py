@@ -5,7 +5,8 @@
     python bench/mnist_tutorial.py table                                                   # markdown from results
 
 MODEL is one of ``standard``, ``pgd``, ``ibp``, ``crown_ibp`` (the tutorial's CNN, :func:`robustopt.models.cnn_tutorial`)
-or ``mlp_standard``, ``mlp_pgd`` (its two-layer MLP, 784-200-10). ℓ∞, ε = 0.1, the box [0, 1]. ``train`` writes
+or ``mlp_standard``, ``mlp_pgd`` (its two-layer MLP, 784-200-10). ℓ∞, ε = 0.1, the box [0, 1]. ``train`` writes a
+checkpoint per epoch (an interrupted run started again resumes from the last one), then
 ``OUT/MODEL.pt`` and ``OUT/MODEL.json`` (the history: loss, accuracy, ε and learning rate per epoch, seconds);
 ``evaluate`` writes ``OUT/MODEL.eval.json`` (clean, PGD-40, ensemble-attack and certified error per method, with
 their seconds); ``table`` prints the README table against the tutorial's figures. OUT defaults to ``.bench/mnist``.
@@ -80,7 +81,7 @@ def run_train(args):
     out.mkdir(parents=True, exist_ok=True)
     tic = time.time()
     history = train(model, X, y, eps=EPS, batch_size=100, device=args.device, seed=0, progress=True,
-                    checkpoint=str(out / f"{args.model}.epoch{{epoch}}.pt"), **recipe)
+                    checkpoint=str(out / f"{args.model}.epoch{{epoch}}.pt"), resume=True, **recipe)
     models.save(model, out / f"{args.model}.pt")
     history.pop("options", None)
     history.update(model=args.model, wall_seconds=time.time() - tic, threads=torch.get_num_threads(),

@@ -253,3 +253,26 @@ def test_plain_sgd_with_zero_momentum_takes_one_gradient_step():
           progress=False, device="cpu")
     for got, want in zip(model.parameters(), expected):
         torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    X, y = load_digits(split="train")
+    X, y = X[:96], y[:96]
+    path = tmp_path / "model-{epoch}.pt"
+    common = dict(method="pgd", eps=EPS, epochs=3, batch_size=32, steps=2, progress=False, device="cpu",
+                  checkpoint=str(path))
+    whole = fresh_mlp(hidden=(8,))
+    history = train(whole, X, y, **common)
+    for suffix in ("", ".state"):  # as if the run had stopped after epoch 2
+        (tmp_path / f"model-3.pt{suffix}").unlink()
+    resumed = fresh_mlp(hidden=(8,))
+    again = train(resumed, X, y, resume=True, **common)
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert again["loss"] == history["loss"] and len(again["checkpoints"]) == 3
+    fresh = fresh_mlp(hidden=(8,))
+    start = [p.detach().clone() for p in fresh.parameters()]
+    train(fresh, X, y, resume=True, **dict(common, checkpoint=str(tmp_path / "none-{epoch}.pt"), epochs=1))
+    assert any(not torch.equal(p, q) for p, q in zip(fresh.parameters(), start))  # nothing saved: a fresh start
+    with pytest.raises(ValueError, match="checkpoint"):
+        train(fresh_mlp(hidden=(8,)), X, y, resume=True, **dict(common, checkpoint=None))

@@ -2,6 +2,7 @@ r"""One training loop for every method: minibatches, optimizer, schedules, histo
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from numbers import Real
@@ -12,7 +13,7 @@ from torch import nn
 
 from .._validation import check_choice, check_eps, check_norm, check_positive_int, reject_unknown_options
 from ..attacks._common import eval_mode
-from ..models import as_inputs, as_labels, model_device, model_dtype, save
+from ..models import as_inputs, as_labels, load, model_device, model_dtype, save
 from ..sets import Ball
 from .evaluation import evaluate
 from .losses import METHODS, Context
@@ -100,8 +101,8 @@ def robust_loss(model, X, y, method="pgd", eps=0.1, norm="inf", lower=0.0, upper
 # ---------------------------------------------------------------------------------------------- training
 def train(model, X, y, method="pgd", eps=0.1, norm="inf", *, epochs=10, batch_size=128, lr=1e-3, optimizer="adam",
           momentum=0.9, lr_schedule="constant", weight_decay=0.0, eps_ramp="auto", lower=0.0, upper=1.0, eval_data=None,
-          eval_every=1, eval_pgd_steps=20, eval_certify="ibp", checkpoint=None, device=None, seed=0, progress=True,
-          **options) -> dict:
+          eval_every=1, eval_pgd_steps=20, eval_certify="ibp", checkpoint=None, resume=False, device=None, seed=0,
+          progress=True, **options) -> dict:
     r"""Minimize the empirical adversarial risk of ``model`` on (X, y) with ``method``; the model is trained in place.
 
     Parameters
@@ -124,7 +125,10 @@ def train(model, X, y, method="pgd", eps=0.1, norm="inf", *, epochs=10, batch_si
         ``eps``: clean accuracy, PGD accuracy (``eval_pgd_steps`` steps, 0 to skip) and certified accuracy with
         ``eval_certify`` (a :func:`robustopt.verify.certify` method name, a list of them, or None).
     checkpoint : optional path; the model is saved there with :func:`robustopt.models.save` after every epoch
-        (a ``{epoch}`` field in the path keeps one file per epoch).
+        (a ``{epoch}`` field in the path keeps one file per epoch), and beside it, in ``PATH.state``, what a
+        resumed run needs: the epoch, the optimizer's state, the shuffling generator's state and the history.
+    resume : with ``checkpoint``, continue from the last epoch saved there (the model's weights are loaded into
+        ``model``), with the same arguments; the result equals an uninterrupted run. No checkpoint yet: start.
     device : ``None`` means CUDA when available; the model is moved there (in place).
     seed : fixes the shuffling and the random starts (not the model's initialization).
     options : the method's own, with defaults: ``fgsm_rs``: ``alpha=1.25`` (step = alpha * eps); ``pgd``:
@@ -146,15 +150,16 @@ def train(model, X, y, method="pgd", eps=0.1, norm="inf", *, epochs=10, batch_si
                "options": run.options, "eps_ramp": run.window, "loss": [], "accuracy": [], "eps_schedule": [],
                "lr_schedule": [], "seconds_per_epoch": [], "checkpoints": []}
     generator = torch.Generator().manual_seed(int(seed))
-    bar = range(run.epochs)
+    first = _resume(model, run, generator, history, checkpoint) if resume else 0
+    bar = range(first, run.epochs)
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(bar, desc=f"train ({run.method})", leave=False)
+        bar = tqdm(bar, desc=f"train ({run.method})", leave=False, initial=first, total=run.epochs)
     for epoch in bar:
         tic = time.perf_counter()
         loss, accuracy, eps_now = _epoch(model, run, generator, epoch)
         _record(history, run, model, epoch, time.perf_counter() - tic, loss, accuracy, eps_now, eval_data,
-                eval_certify, checkpoint)
+                eval_certify, checkpoint, generator)
         if progress:
             bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", eps=f"{eps_now:.4g}")
     history["seconds"] = float(sum(history["seconds_per_epoch"]))
@@ -254,7 +259,27 @@ def _epoch(model, run, generator, epoch):
     return float(total_loss) / n, int(correct) / n, ctx.eps
 
 
-def _record(history, run, model, epoch, seconds, loss, accuracy, eps_now, eval_data, eval_certify, checkpoint):
+def _resume(model, run, generator, history, checkpoint) -> int:
+    """Load the last checkpoint's weights and state into ``model``, the optimizer, ``generator`` and ``history``
+    (in place); returns the number of epochs already done (0 when there is no checkpoint yet)."""
+    if checkpoint is None:
+        raise ValueError("resume=True needs checkpoint= (the path the interrupted run saved to)")
+    paths = [str(checkpoint).format(epoch=e) for e in range(run.epochs, 0, -1)] if "{epoch}" in str(checkpoint) \
+        else [str(checkpoint)]
+    path = next((p for p in paths if os.path.exists(p + ".state")), None)
+    if path is None:
+        return 0
+    state = torch.load(path + ".state", weights_only=True, map_location="cpu")
+    model.load_state_dict(load(path, device=run.device).state_dict())
+    run.opt.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    history.clear()
+    history.update(state["history"])
+    return int(state["epoch"])
+
+
+def _record(history, run, model, epoch, seconds, loss, accuracy, eps_now, eval_data, eval_certify, checkpoint,
+            generator):
     """The bookkeeping after an epoch: its numbers, an evaluation when due, a checkpoint when asked."""
     history["seconds_per_epoch"].append(seconds)
     history["loss"].append(loss)
@@ -268,6 +293,8 @@ def _record(history, run, model, epoch, seconds, loss, accuracy, eps_now, eval_d
         path = str(checkpoint).format(epoch=epoch + 1)
         save(model, path)
         history["checkpoints"].append(path)
+        torch.save({"epoch": epoch + 1, "optimizer": run.opt.state_dict(), "generator": generator.get_state(),
+                    "history": history}, path + ".state")
 
 
 def _evaluate_into(history, model, eval_data, epoch, eps, norm, lower, upper, pgd_steps, certify_methods, seed):
