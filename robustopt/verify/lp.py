@@ -79,7 +79,8 @@ class SolverBatch:
             W, b = sp.vstack([W, -W]).tocsr(), np.concatenate([b, -b])
         eps = self.ball.eps if isinstance(self.ball.eps, float) else float(self.ball.eps[i])
         x0 = self.x[i].detach().cpu().double().numpy()
-        inactive = [None if t is None else t < 0 for t in self.example_splits(i) or [None] * len(self.hidden)]
+        splits = self.example_splits(i)
+        inactive = None if splits is None else [None if t is None else t < 0 for t in splits]
         program = build_program(self.hidden, (W, b), x0, (self.boxes[0][i], self.boxes[1][i]), eps, self.ball.norm,
                                 example_bounds(self.intermediate, i), integer=integer, inactive=inactive)
         return program, (W, b), x0, eps
