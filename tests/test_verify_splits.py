@@ -11,7 +11,7 @@ from robustopt.sets import Ball
 from robustopt.verify import METHODS, network, run_method
 from robustopt.verify.api import margin_spec
 from split_reference import exact_minimum, interval_bounds
-from verify_helpers import one_thread, random_instance  # noqa: F401  (fixture)
+from verify_helpers import one_thread, random_instance, randomized  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -205,10 +205,38 @@ def test_margin_bounds_takes_splits_across_batches():
 def test_alpha_crown_keeps_crown_bounds_where_slopes_do_not_fit():
     from robustopt.verify.alpha_crown import SLOPE_COPIES, affordable
 
-    features = {0: torch.arange(100), 1: torch.arange(10), 2: torch.arange(5)}
+    widths = {1: 100, 2: 110}  # slopes per row: layer 0's 100 unstable neurons; layers 0 and 1's
     rows = {1: torch.arange(10), 2: torch.arange(5)}
     cost1 = SLOPE_COPIES * 3 * 2 * 10 * 100 * 8  # layer 1: n=3 domains, 2x10 rows, 100 slopes, float64
     cost2 = SLOPE_COPIES * 3 * 2 * 5 * 110 * 8
-    assert set(affordable(rows, features, 3, 8, cost1 + cost2)) == {1, 2}
-    assert set(affordable(rows, features, 3, 8, cost1 + cost2 - 1)) == {2}  # the cheaper layer is kept
-    assert affordable(rows, features, 3, 8, 0) == {}
+    assert set(affordable(rows, widths, 3, 8, cost1 + cost2)) == {1, 2}
+    assert set(affordable(rows, widths, 3, 8, cost1 + cost2 - 1)) == {2}  # the cheaper layer is kept
+    assert affordable(rows, widths, 3, 8, 0) == {}
+
+
+def test_alpha_crown_window_slopes_equal_whole_layer_slopes(monkeypatch):
+    """Slopes of a convolution's rows are kept on the rows' windows (a fraction of the memory): the search and
+    a warm start from another radius give the values of whole-layer slopes."""
+    from robustopt.verify import alpha_crown
+
+    gen = torch.Generator().manual_seed(3)
+    model = randomized(nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1),
+                                     nn.ReLU(), nn.Conv2d(5, 3, 2, stride=2), nn.ReLU(), nn.Flatten(),
+                                     nn.Linear(48, 4)), gen)
+    x = torch.rand(3, 2, 16, 16, generator=gen, dtype=torch.float64)
+    net = network(model, input_shape=(2, 16, 16))
+
+    def run(eps, **options):
+        return run_method("alpha-crown", net, x.flatten(1), Ball(eps, "inf", 0.0, 1.0), steps=8, **options)
+
+    first, second = run(0.08), run(0.1, alphas=run(0.08).alphas)
+    assert first.alphas.windowed == {1, 2}
+    assert first.alphas.values[(2, 0)].shape[-1] == 4 * 4 * 4 < net.relu_sizes[0]  # a window, not the layer
+    monkeypatch.setattr(alpha_crown, "windowed_layers", lambda net, layers, ball: frozenset())
+    whole_first = run(0.08)
+    whole_second = run(0.1, alphas=whole_first.alphas)
+    assert not whole_first.alphas.windowed
+    assert (first.lower > run_method("crown", net, x.flatten(1), Ball(0.08, "inf", 0.0, 1.0)).lower + 1e-6).any()
+    for ours, whole in ((first, whole_first), (second, whole_second)):
+        torch.testing.assert_close(ours.lower, whole.lower, rtol=0, atol=1e-9)
+        torch.testing.assert_close(ours.upper, whole.upper, rtol=0, atol=1e-9)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import check_positive_int
-from . import crown
+from . import crown, patches
 from .backward import FeatureSlopes, apply_split, both_signs, finish, first_recomputed, unstable_index
 from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
 
@@ -64,7 +64,9 @@ class Slopes:
     (the number of ReLU layers) stands for the output rows, ``rows[L] = None``.
     ``features[i]``: the neurons (long tensor, u_i) of ReLU layer i that have slopes (those CROWN left
     unstable in some domain; the others are stable and keep their exact line).
-    ``values[(j, i)]``: (n, R_j, u_i) slopes on those neurons of layer i < j for the R_j rows of layer j.
+    ``values[(j, i)]``: (n, R_j, u_i) slopes on those neurons of layer i < j for the R_j rows of layer j; for a
+    layer j in ``windowed`` (a convolution bounded on windows, :mod:`.patches`), (n, R_j, w_ji) slopes on each
+    row's window of layer i instead (:class:`~.patches.WindowSlopes`).
     ``betas``: beta-CROWN's split multipliers per ReLU layer ((n, R_L, h_i) or None), else None.
     """
 
@@ -72,11 +74,20 @@ class Slopes:
     features: dict
     values: dict
     betas: list | None = None
+    windowed: frozenset = frozenset()
 
     def select(self, idx) -> "Slopes":
         """The slopes of the domains ``idx`` (a batch index)."""
         betas = None if self.betas is None else [None if b is None else b[idx] for b in self.betas]
-        return Slopes(self.rows, self.features, {key: v[idx] for key, v in self.values.items()}, betas)
+        return Slopes(self.rows, self.features, {key: v[idx] for key, v in self.values.items()}, betas,
+                      self.windowed)
+
+    def slope(self, net, key, values):
+        """The slope object of pair ``key`` = (j, i) holding ``values`` (this storage's layout)."""
+        j, i = key
+        if j in self.windowed:
+            return patches.WindowSlopes(values)
+        return FeatureSlopes(values, self.features[i], net.relu_sizes[i])
 
 
 class ProjectedAdam:
@@ -86,6 +97,7 @@ class ProjectedAdam:
         self.params, self.lr, self.limits, self.betas, self.eps, self.decay = params, lr, limits, betas, eps, decay
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
+        self.denom = [torch.empty_like(p) for p in params]  # scratch: no large allocation per step
         self.t = 0
 
     @torch.no_grad()
@@ -93,13 +105,13 @@ class ProjectedAdam:
         self.t += 1
         b1, b2 = self.betas
         lr = self.lr * self.decay ** (self.t - 1)
-        for p, g, m, v, (low, high) in zip(self.params, grads, self.m, self.v, self.limits):
+        for p, g, m, v, denom, (low, high) in zip(self.params, grads, self.m, self.v, self.denom, self.limits):
             if g is None:  # a parameter the bound does not depend on
                 continue
             g = g.nan_to_num_()
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = v.sqrt().div_(math.sqrt(1 - b2 ** self.t)).add_(self.eps)
+            torch.sqrt(v, out=denom).div_(math.sqrt(1 - b2 ** self.t)).add_(self.eps)
             p.addcdiv_(m, denom, value=lr / (1 - b1 ** self.t)).clamp_(low, high)
 
 
@@ -123,11 +135,13 @@ def _positions(new, old, size, device):
     return hit.nonzero().flatten(), p[hit]
 
 
-def _initial_slopes(net, x, rule, rows, features, out_rows, alphas):
-    """Slopes (n, R_j, u_i) for every pair, from the rule slopes or the warm start ``alphas``."""
-    n, L = x.shape[0], len(rule)
+def _initial_slopes(net, x, rule, layout, out_rows, alphas):
+    """Slopes for every pair (the shapes of :class:`Slopes` ``layout``), from the rule slopes or the warm
+    start ``alphas``."""
+    n, L, rows, features = x.shape[0], len(rule), layout.rows, layout.features
     counts = {j: 2 * idx.numel() for j, idx in rows.items()} | {L: out_rows}
-    values = {(j, i): rule[i][..., features[i]].expand(n, R, -1).clone()
+    values = {(j, i): patches.window_slopes(net, j, rows[j], i, rule[i]).expand(n, -1, -1).clone()
+              if j in layout.windowed else rule[i][..., features[i]].expand(n, R, -1).clone()
               for j, R in counts.items() if R for i in range(j)}
     if alphas is None:
         return values
@@ -136,12 +150,15 @@ def _initial_slopes(net, x, rule, rows, features, out_rows, alphas):
                          f"got {type(alphas).__name__}")
     for (j, i), v in values.items():
         old = alphas.values.get((j, i))
-        if old is None:
+        if old is None or (j in layout.windowed) != (j in alphas.windowed):
             continue
         if old.shape[0] != n or i not in alphas.features:
             raise ValueError(f"alphas[{(j, i)}] has shape {tuple(old.shape)}: it is for {old.shape[0]} domains; "
                              f"this call has {n}")
-        f_new, f_old = _positions(features[i], alphas.features[i], net.relu_sizes[i], v.device)
+        if j in layout.windowed:  # the same window positions in both
+            f_new = f_old = torch.arange(v.shape[-1], device=v.device)
+        else:
+            f_new, f_old = _positions(features[i], alphas.features[i], net.relu_sizes[i], v.device)
         if j == L:
             r = min(old.shape[1], v.shape[1])
             r_new = r_old = torch.arange(r, device=v.device)
@@ -157,12 +174,12 @@ SLOPE_COPIES = 5  # a slope tensor, its gradient, Adam's two moments and the bes
 SLOPE_MEMORY = 8 << 30  # bytes for the slopes of the intermediate layers (a 24 GiB machine keeps room)
 
 
-def affordable(rows, features, n, itemsize, memory=SLOPE_MEMORY):
+def affordable(rows, widths, n, itemsize, memory=SLOPE_MEMORY):
     """The intermediate layers (of ``rows``: layer -> its unstable neurons) whose slopes fit in ``memory``
-    bytes: layer j's slopes take n * 2 r_j * sum_{i<j} u_i numbers (r_j, u_i: unstable neurons), kept
-    :data:`SLOPE_COPIES` times; the cheapest layers are kept first, the others keep their CROWN bounds."""
-    cost = {j: SLOPE_COPIES * n * 2 * idx.numel() * sum(features[i].numel() for i in range(j)) * itemsize
-            for j, idx in rows.items()}
+    bytes: layer j's slopes take n * 2 r_j * widths[j] numbers (r_j: its unstable neurons, widths[j]: slopes
+    per row, sum_{i<j} u_i on whole layers), kept :data:`SLOPE_COPIES` times; the cheapest layers are kept
+    first, the others keep their CROWN bounds."""
+    cost = {j: SLOPE_COPIES * n * 2 * idx.numel() * widths[j] * itemsize for j, idx in rows.items()}
     kept, total = {}, 0
     for j in sorted(cost, key=cost.get):
         total += cost[j]
@@ -172,21 +189,27 @@ def affordable(rows, features, n, itemsize, memory=SLOPE_MEMORY):
     return kept
 
 
-def search_pass(net, x, ball, rows, slopes, beta_terms, base, splits, out, features):
-    """One alpha-CROWN pass: intermediate bounds of the layers in ``rows`` from their slopes (each the
+def windowed_layers(net, layers, ball) -> frozenset:
+    """The layers among ``layers`` whose slopes are kept on windows (:class:`~.patches.WindowSlopes`): those
+    bounded on windows (:func:`.patches.applies`)."""
+    return frozenset(j for j in layers if patches.applies(net, j, ball))
+
+
+def search_pass(net, x, ball, layout, slopes, beta_terms, base, splits, out):
+    """One alpha-CROWN pass: intermediate bounds of the layers in ``layout.rows`` from their slopes (each the
     elementwise best of the new value and ``base``, then clamped to ``splits``), then the output rows
-    ``out`` = (coef, bias); ``slopes[(j, i)]`` hold the neurons ``features[i]``. Returns (value (n, R_L),
-    bounds, infeasible (n,))."""
+    ``out`` = (coef, bias); ``slopes[(j, i)]`` laid out as in :class:`Slopes` ``layout``. Returns (value
+    (n, R_L), bounds, infeasible (n,))."""
     L = len(base)
 
     def slope(j, i):
-        return FeatureSlopes(slopes[(j, i)], features[i], net.relu_sizes[i])
+        return layout.slope(net, (j, i), slopes[(j, i)])
 
     relaxations, bounds = [], []
     infeasible = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for j in range(L):
         lo, hi = base[j]
-        idx = rows.get(j)
+        idx = layout.rows.get(j)
         if idx is not None and idx.numel():
             low, up = crown.bound_rows(net, j, idx, relaxations, [slope(j, i) for i in range(j)], x, ball)
             # the best of the new value and the base, with the new value's gradient (auto_LiRPA's straight-through
@@ -220,13 +243,17 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
     start = max(1, first_recomputed(intermediate, splits, L))  # layers bounded here (not given), as in CROWN
     features = {i: unstable_index(*base[i]) for i in range(L)}
     itemsize = torch.finfo(search_dtype or net.dtype).bits // 8
-    rows = affordable({j: unstable_index(*base[j]) for j in range(start, L)}, features, len(x), itemsize) \
-        if optimize_intermediate else {}
+    candidates = {j: unstable_index(*base[j]) for j in range(start, L)} if optimize_intermediate else {}
+    windowed = windowed_layers(net, candidates, ball)
+    widths = {j: sum(patches.window_width(net, j, i) if j in windowed else features[i].numel() for i in range(j))
+              for j in candidates}
+    rows = affordable(candidates, widths, len(x), itemsize)
+    layout = Slopes(rows, features, {}, None, windowed & set(rows))
     fixed_layers = [j for j in range(start, L) if j not in rows] if optimize_intermediate else []
     op, m = net.affine[top], net.affine[top].out_features
     everything = torch.arange(m, device=x.device)
     out = both_signs(op, everything) if compute_upper else (op.rows(everything), op.bias_rows(everything))
-    slopes = _initial_slopes(net, x, rule, rows, features, out[0].shape[1], alphas)
+    slopes = _initial_slopes(net, x, rule, layout, out[0].shape[1], alphas)
     sdtype = search_dtype or net.dtype
     snet, sx = net.cast(sdtype), x.to(sdtype)
     sbase = [(lo.to(sdtype), hi.to(sdtype)) for lo, hi in base]
@@ -239,8 +266,8 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
     best, best_params, best_betas, iterations = None, None, None, 0
     with torch.enable_grad():
         for step in range(steps + 1):
-            value, bounds, empty = search_pass(snet, sx, ball, rows, dict(zip(keys, params)), beta_terms(betas), sbase,
-                                               splits, sout, features)
+            value, bounds, empty = search_pass(snet, sx, ball, layout, dict(zip(keys, params)), beta_terms(betas), sbase,
+                                               splits, sout)
             value_d = value.detach()
             if best is None:
                 best = value_d
@@ -250,7 +277,7 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
                 row_better, example_better = better, value_d.sum(1) > best.sum(1)
                 for k, (key, p) in enumerate(zip(keys, params)):
                     mask = row_better if key[0] == L else example_better.view(-1, 1)
-                    best_params[k] = torch.where(mask.unsqueeze(-1), p.detach(), best_params[k])
+                    torch.where(mask.unsqueeze(-1), p.detach(), best_params[k], out=best_params[k])
                 best_betas = [torch.where(row_better.unsqueeze(-1), b.detach(), bb) for b, bb in zip(betas, best_betas)]
                 best = torch.maximum(value_d, best)
             sbase = [(lo.detach(), hi.detach()) for lo, hi in bounds]
@@ -266,13 +293,13 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
         with torch.no_grad():
             final = dict(zip(keys, (p.to(net.dtype) for p in best_params)))
             terms = beta_terms([b.to(net.dtype) for b in best_betas])
-            value, sbase, empty = search_pass(net, x, ball, rows, final, terms, base, splits, out, features)
-            start, _, _ = search_pass(net, x, ball, rows, slopes, None, base, splits, out, features)
+            value, sbase, empty = search_pass(net, x, ball, layout, final, terms, base, splits, out)
+            start, _, _ = search_pass(net, x, ball, layout, slopes, None, base, splits, out)
             best, infeasible = torch.maximum(value, start), infeasible | empty
     lower, upper = best[:, :m], (-best[:, m:] if compute_upper else None)
     lower, upper = finish(lower, upper, infeasible)
     result = Slopes(rows, features, {key: p.to(net.dtype) for key, p in zip(keys, best_params)},
-                    place([b.to(net.dtype) for b in best_betas]) if beta is not None else None)
+                    place([b.to(net.dtype) for b in best_betas]) if beta is not None else None, layout.windowed)
     used = [(lo.to(net.dtype), hi.to(net.dtype)) for lo, hi in sbase]
     return Bounds(lower=lower, upper=upper, intermediate=used if return_intermediate else None, infeasible=infeasible,
                   alphas=result, info={"iterations": iterations, "alphas": result,

@@ -17,6 +17,9 @@ convolutions (groups 1, no dilation), on l_inf balls; anything else takes the wh
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -53,16 +56,62 @@ def _gather(values, index):
     return torch.gather(ext, 2, index.unsqueeze(0).expand(ext.shape[0], -1, -1))
 
 
-def _lower_slopes(relax, alpha, index):
+@dataclass
+class Window:
+    """The windows, in a (C, H, W) map ``shape``, of rows at grid positions ``pos`` = (i, j) (long (R,) each)
+    on a grid (rows, columns) ``grid``: row r's window starts at (i S_y + O_y, j S_x + O_x), ``start`` =
+    ((S_y, O_y), (S_x, O_x)), and has size ``size`` = (h, w)."""
+
+    pos: tuple
+    start: tuple
+    size: tuple
+    shape: tuple
+    grid: tuple
+
+    @functools.cached_property
+    def index(self):
+        return _window_index(self.pos, self.start, self.size, self.shape)
+
+    def gather(self, values):
+        """values (n, 1 or R, C*H*W) -> (n, R, C*h*w), 0 outside the map. One row of values (a map shared by
+        all rows) goes through ``unfold`` (every grid position's window once), then each row takes its own."""
+        if values.shape[1] != 1:
+            return _gather(values, self.index)
+        (sy, oy), (sx, ox) = self.start
+        (h, w), (c, height, width), (rows, cols) = self.size, self.shape, self.grid
+        top, left = max(0, -oy), max(0, -ox)
+        bottom = max(0, (rows - 1) * sy + oy + h - height)
+        right = max(0, (cols - 1) * sx + ox + w - width)
+        maps = F.pad(values.reshape(-1, c, height, width), (left, right, top, bottom))
+        maps = maps[:, :, oy + top:, ox + left:]
+        windows = F.unfold(maps, (h, w), stride=(sy, sx))  # (n, C*h*w, positions)
+        n_cols = (maps.shape[-1] - w) // sx + 1
+        return windows.transpose(1, 2).index_select(1, self.pos[0] * n_cols + self.pos[1])
+
+
+@dataclass
+class WindowSlopes:
+    """Lower slopes of one ReLU layer stored on the bounded rows' windows: ``values`` (n, R, C*h*w), the slope
+    of each window position of each row (alpha-CROWN's slopes for the rows of a convolution: a row only ever
+    reads its window, so this is all of them, at a fraction of the (n, R, layer width) a whole-layer copy takes)."""
+
+    values: torch.Tensor
+
+
+def _lower_slopes(relax, alpha, window):
     """The relaxation's lower slopes on each row's window, (n, R, len window); slopes kept for some neurons
-    only (:class:`~.crown.FeatureSlopes`) are gathered from their compact storage."""
-    if not isinstance(alpha, FeatureSlopes):
-        return _gather(relax.lower_slope(alpha), index)
-    where = torch.full((alpha.width + 1,), alpha.features.numel(), dtype=torch.long, device=index.device)
-    where[alpha.features] = torch.arange(alpha.features.numel(), device=index.device)
-    compact = _gather(alpha.values, where[index])  # the zero slot of `values` is its last column + 1
-    dtype = alpha.values.dtype
-    return torch.where(_gather(relax.unstable.to(dtype), index) > 0, compact, _gather(relax.active, index))
+    only (:class:`~.backward.FeatureSlopes`) are gathered from their compact storage, :class:`WindowSlopes`
+    are already on the windows."""
+    if isinstance(alpha, WindowSlopes):
+        compact = alpha.values
+    elif isinstance(alpha, FeatureSlopes):
+        where = torch.full((alpha.width + 1,), alpha.features.numel(), dtype=torch.long, device=alpha.values.device)
+        where[alpha.features] = torch.arange(alpha.features.numel(), device=alpha.values.device)
+        compact = _gather(alpha.values, where[window.index])  # the zero slot of `values` is its last column + 1
+    else:
+        return window.gather(relax.lower_slope(alpha))
+    unstable = window.gather(relax.unstable.to(relax.active.dtype)) > 0
+    return torch.where(unstable, compact, window.gather(relax.active))
 
 
 STENCIL_ENTRIES = 1 << 22  # largest window-to-window matrix formed (else conv_transpose2d on the windows)
@@ -88,33 +137,58 @@ def _transpose_windows(op, flat, size):
     return flat @ cache[key], out
 
 
+def _windows(net, k, idx):
+    """The windows of the rows ``idx`` of convolution k, both signs (2r rows): one :class:`Window` per
+    convolution m = k-1, ..., 0 (in its output map), then the input's."""
+    op = net.affine[k]
+    _, out_h, out_w = op.out_shape
+    rest = idx % (out_h * out_w)
+    pos = torch.cat([rest // out_w] * 2), torch.cat([rest % out_w] * 2)
+    (sy, sx), (left, _, top, _) = op.stride, op.pad
+    start, size = ((sy, -top), (sx, -left)), tuple(op.weight.shape[-2:])
+    chain = []
+    for m in range(k - 1, -1, -1):
+        inner = net.affine[m]
+        chain.append(Window(pos, start, size, inner.out_shape, (out_h, out_w)))
+        (kh, kw), (s_y, s_x), (left, _, top, _) = inner.weight.shape[-2:], inner.stride, inner.pad
+        start = ((start[0][0] * s_y, start[0][1] * s_y - top), (start[1][0] * s_x, start[1][1] * s_x - left))
+        size = ((size[0] - 1) * s_y + kh, (size[1] - 1) * s_x + kw)
+    return chain + [Window(pos, start, size, net.in_shape, (out_h, out_w))]
+
+
+def window_slopes(net, k, idx, m, slope):
+    """``slope`` (n, 1, h_m) of ReLU layer m gathered on the windows of rows ``idx`` of convolution k (both
+    signs): the starting :class:`WindowSlopes` values, (n, 2r, C_m*h*w)."""
+    return _windows(net, k, idx)[k - 1 - m].gather(slope)
+
+
+def window_width(net, k, m) -> int:
+    """Positions in the window that a row of convolution k sees of ReLU layer m < k."""
+    window = _windows(net, k, torch.zeros(1, dtype=torch.long))[k - 1 - m]
+    return window.shape[0] * window.size[0] * window.size[1]
+
+
 def bound_rows(net, k, idx, relaxations, alphas, x, ball):
     """CROWN bounds (lower, upper), each (n, r), of the neurons ``idx`` of convolution k (see the module
-    docstring); ``alphas[m]`` (n, 1 or 2r, h_m) as in :func:`.crown.propagate`."""
+    docstring); ``alphas[m]`` (n, 1 or 2r, h_m) as in :func:`.crown.propagate`, or :class:`WindowSlopes`."""
     op = net.affine[k]
     channels, out_h, out_w = op.out_shape
     r = idx.numel()
-    c, rest = idx // (out_h * out_w), idx % (out_h * out_w)
-    pos = torch.cat([rest // out_w] * 2), torch.cat([rest % out_w] * 2)
+    c = idx // (out_h * out_w)
     coef = op.weight[c].unsqueeze(0)  # (1, r, C, kh, kw)
     coef = torch.cat([coef, -coef], 1)
     bias = torch.cat([op.channel_bias[c], -op.channel_bias[c]]).unsqueeze(0)
-    (sy, sx), (left, _, top, _) = op.stride, op.pad
-    start, size = ((sy, -top), (sx, -left)), tuple(op.weight.shape[-2:])
-    for m in range(k - 1, -1, -1):
+    *chain, at_input = _windows(net, k, idx)
+    for m, window in zip(range(k - 1, -1, -1), chain):
         relax, inner = relaxations[m], net.affine[m]
-        index = _window_index(pos, start, size, inner.out_shape)
         flat = coef.flatten(2) if coef.dim() > 3 else coef
         pos_part, neg_part = flat.clamp(min=0), flat.clamp(max=0)
-        bias = bias + (neg_part * _gather(relax.upper_intercept, index)).sum(-1)
-        flat = pos_part * _lower_slopes(relax, alphas[m], index) + neg_part * _gather(relax.upper_slope, index)
-        bias = bias + (flat * _gather(inner.bias.view(1, 1, -1), index)).sum(-1)
-        coef, size = _transpose_windows(inner, flat, size)
-        (s_y, s_x), (left, _, top, _) = inner.stride, inner.pad
-        start = ((start[0][0] * s_y, start[0][1] * s_y - top), (start[1][0] * s_x, start[1][1] * s_x - left))
-    index = _window_index(pos, start, size, net.in_shape)
+        bias = bias + (neg_part * window.gather(relax.upper_intercept)).sum(-1)
+        flat = pos_part * _lower_slopes(relax, alphas[m], window) + neg_part * window.gather(relax.upper_slope)
+        bias = bias + (flat * window.gather(inner.bias.view(1, 1, -1))).sum(-1)
+        coef, _ = _transpose_windows(inner, flat, window.size)
     lo, hi = ball.box(x)
-    centre, radius = _gather(((hi + lo) / 2).unsqueeze(1), index), _gather(((hi - lo) / 2).unsqueeze(1), index)
+    centre, radius = at_input.gather(((hi + lo) / 2).unsqueeze(1)), at_input.gather(((hi - lo) / 2).unsqueeze(1))
     flat = coef.flatten(2) if coef.dim() > 3 else coef
     both = bias + (flat * centre).sum(-1) - (flat.abs() * radius).sum(-1)
     return both[:, :r], -both[:, r:]
