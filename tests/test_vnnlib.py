@@ -69,7 +69,11 @@ def test_equality_chains_and_division():
     ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_1 1))", r"line 3: X_1 is used but not declared"),
     ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n\n(assert (< Y_0 1))", r"line 4: strict inequality"),
     ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 Y_0))", r"line 3: .*mixing"),
-    ("(declare-const X_0 Real)\n(assert (or (<= X_0 1) (>= X_0 0)))", r"line 2: .*no 'or' over inputs"),
+    ("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (or (<= X_0 1) (>= X_0 0)))(assert (<= Y_0 1))",
+     r"every input needs a lower and an upper bound; missing for X_0"),
+    ("(declare-const X_0 Real)(declare-const Y_0 Real)"
+     "(assert (or (and (<= X_0 1) (>= X_0 0) (<= Y_0 1)) (and (<= X_0 3) (>= X_0 2))))",
+     r"no assertion on the outputs Y_j for one of the input boxes"),
     ("(declare-const X_0 Real)\n(assert (<= (* 2 X_0) 1))", r"line 2: .*bounds on single variables"),
     ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= (* Y_0 Y_0) 1))", r"line 3: unsupported term"),
     ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= Y_0 foo))", r"line 3: unknown symbol 'foo'"),
@@ -208,3 +212,51 @@ def test_vnncomp_2021_specs_match_their_mnist_images():
         np.testing.assert_allclose(prop.lower, np.maximum(x - eps, 0.0), rtol=0, atol=1e-7)
         np.testing.assert_allclose(prop.upper, np.minimum(x + eps, 1.0), rtol=0, atol=1e-7)
     assert len(seen) == 30 + 36
+
+
+UNION = """
+(declare-const X_0 Real)
+(declare-const X_1 Real)
+(declare-const Y_0 Real)
+(declare-const Y_1 Real)
+(assert (<= X_1 1))
+(assert (>= X_1 0))
+(assert (or (and (>= X_0 0) (<= X_0 1)) (and (>= X_0 2) (<= X_0 3) (<= Y_1 -5))))
+(assert (or (<= Y_0 Y_1) (>= Y_0 10)))
+"""
+
+
+def test_or_over_inputs_reads_as_a_union_of_boxes(tmp_path):
+    """An ``or`` over input bounds (ACAS Xu's property 6), with a condition per box: one part per box, each with
+    the output condition that goes with it; written back and read again exactly."""
+    union = vnnlib.parse(UNION)
+    assert isinstance(union, vnnlib.PropertyUnion) and len(union.parts) == 2
+    first, second = union.parts
+    np.testing.assert_array_equal(first.lower, [0, 0])
+    np.testing.assert_array_equal(second.upper, [3, 1])
+    assert len(first.disjuncts) == 2 and [len(b) for _, b in second.disjuncts] == [2, 2]  # (Y_1 <= -5) and each
+    assert first.satisfies_output([[0.0, 1.0], [10.0, 0.0], [1.0, 0.0]]).tolist() == [True, True, False]
+    assert second.satisfies_output([[0.0, 1.0], [10.0, -6.0]]).tolist() == [False, True]
+    assert union.contains([[0.5, 0.5], [2.5, 0.5], [1.5, 0.5]]).tolist() == [True, True, False]
+    again = vnnlib.parse(vnnlib.to_vnnlib(union))
+    for a, b in zip(union.parts, again.parts):
+        np.testing.assert_array_equal(a.lower, b.lower)
+        np.testing.assert_array_equal(a.upper, b.upper)
+        for (A1, b1), (A2, b2) in zip(a.disjuncts, b.disjuncts):
+            np.testing.assert_array_equal(A1, A2)
+            np.testing.assert_array_equal(b1, b2)
+    model = nn.Sequential(nn.Linear(2, 2)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[-10.0, 0.0], [0.0, -10.0]]))
+        model[0].bias.zero_()
+    assert union.check_witness(model, [0.5, 0.5])[0]  # y = (-5, -5): box 1, Y_0 <= Y_1 (a tie counts)
+    assert union.check_witness(model, [2.5, 0.9])[0]  # y = (-25, -9): box 2, Y_1 <= -5 and Y_0 <= Y_1
+    assert not union.check_witness(model, [2.5, 0.1])[0]  # y = (-25, -1): box 2 wants Y_1 <= -5 too
+    assert not union.check_witness(model, [1.5, 0.9])[0]  # in no box
+    same_box = vnnlib.parse(UNION.replace("(>= X_0 2) (<= X_0 3)", "(>= X_0 0) (<= X_0 1)"))
+    assert isinstance(same_box, vnnlib.Property) and len(same_box.disjuncts) == 4  # one box, both conditions
+    path = SHARED / "vnncomp2021_acasxu" / "prop_6.vnnlib"
+    if path.exists():
+        prop6 = vnnlib.load(path)
+        assert isinstance(prop6, vnnlib.PropertyUnion) and [len(p.disjuncts) for p in prop6.parts] == [4, 4]
+        assert prop6.parts[0].lower[1] == 0.11140846 and prop6.parts[1].upper[1] == -0.11140846

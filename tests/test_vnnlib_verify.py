@@ -159,3 +159,35 @@ def test_bad_input(digits):
     wrong = local_robustness(Xt[0], 0, 0.01, 3)
     with pytest.raises(ValueError, match="outputs"):
         verify_property(model, wrong)
+
+
+@pytest.mark.parametrize("seed", range(8))  # sat in the first box (2, 4, 6), in the second only (0, 1, 3, 5), unsat (7)
+def test_union_of_boxes_matches_an_exhaustive_grid(seed):
+    """A property over two input boxes, each with its own condition: sat iff some box's grid minimum is <= 0
+    (witness in that box, replayed), unsat only when both are > 0; the parts' reports and bounds are kept."""
+    from robustopt.vnnlib import PropertyUnion
+
+    rng = np.random.default_rng(100 + seed)
+    model = tiny_net(seed)
+    parts = []
+    for k in range(2):
+        centre = rng.uniform(0.2, 0.8, size=2)
+        disjuncts = [(rng.normal(size=(m, 3)), rng.normal(size=m) - 2 * (k == 0) - seed % 2)
+                     for m in rng.integers(1, 3, size=2)]
+        parts.append(Property(centre - 0.1, centre + 0.1, disjuncts, 3))
+    union = PropertyUnion(tuple(parts))
+    minima = [grid_objective(model, part) for part in parts]
+    report = verify_property(model, union, time_limit=None)
+    assert report["result"] in ("sat", "unsat") and 1 <= len(report["parts"]) <= 2
+    assert report["disjunct_lower"].shape == (sum(len(p.disjuncts) for p in parts),)
+    if report["result"] == "sat":
+        ok, y = union.check_witness(model, report["counterexample"]["x"])
+        assert ok and np.array_equal(y, report["counterexample"]["y"])
+        part = len(report["parts"]) - 1
+        assert parts[part].contains(report["counterexample"]["x"])[0]
+        assert all(r["result"] == "unsat" for r in report["parts"][:-1])
+    else:
+        assert all(minimum > 0 for minimum, _ in minima) and (report["disjunct_lower"] > 0).all()
+        assert report["counterexample"] is None
+    if any(minimum <= 0 for minimum, _ in minima):
+        assert report["result"] == "sat"

@@ -10,7 +10,7 @@ import torch
 
 from .._validation import check_eps, check_finite, check_positive_int
 
-__all__ = ["Property", "local_robustness"]
+__all__ = ["Property", "PropertyUnion", "local_robustness"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -81,16 +81,8 @@ class Property:
         """Replay a claimed counterexample ``x``: a float64 copy of ``model`` evaluated on it (reshaped to
         ``(1, *shape)``, default ``model.input_shape`` when the model has one, else flat). Returns ``(ok, y)``:
         ``ok`` when x lies in the box and its output ``y`` (numpy, (num_outputs,)) satisfies the condition."""
-        x = torch.as_tensor(x).detach().to(device="cpu", dtype=torch.float64).reshape(-1)
-        if x.numel() != self.num_inputs:
-            raise ValueError(f"x must have {self.num_inputs} entries (the property's inputs); got {x.numel()}")
-        shape = getattr(model, "input_shape", (self.num_inputs,)) if shape is None else shape
-        replica = copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
-        with torch.no_grad():
-            y = replica(x.reshape(1, *shape)).reshape(-1).numpy()
-        if y.size != self.num_outputs:
-            raise ValueError(f"the model has {y.size} outputs; the property has {self.num_outputs}")
-        return bool(self.contains(x.numpy())[0] and self.satisfies_output(y)[0]), y
+        x, y = _replay(model, x, shape, self.num_inputs, self.num_outputs)
+        return bool(self.contains(x)[0] and self.satisfies_output(y)[0]), y
 
     def robustness(self):
         """``(label, targets)`` when the condition is the local-robustness form ``OR_{j in targets} Y_j >= Y_label``,
@@ -127,6 +119,61 @@ class Property:
         which = np.concatenate([np.full(len(b), i) for i, (_, b) in enumerate(self.disjuncts)])
         return (torch.as_tensor(C, dtype=dtype, device=device), torch.as_tensor(d, dtype=dtype, device=device),
                 torch.as_tensor(which, device=device))
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class PropertyUnion:
+    """A property over several input boxes: ``OR_p (X in box_p AND condition_p(Y))``, one :class:`Property` per
+    part (a VNNLIB file with an ``or`` over inputs, like ACAS Xu's property 6). A counterexample lies in some
+    part's box and satisfies that part's condition, so the union is unsat iff every part is."""
+
+    parts: tuple
+    source: str = "<string>"
+
+    def __post_init__(self):
+        parts = tuple(self.parts)
+        if not parts or not all(isinstance(p, Property) for p in parts):
+            raise ValueError("parts must be a non-empty sequence of Property")
+        if len({(p.num_inputs, p.num_outputs) for p in parts}) != 1:
+            raise ValueError("the parts must have the same numbers of inputs and of outputs; got "
+                             f"{sorted({(p.num_inputs, p.num_outputs) for p in parts})}")
+        object.__setattr__(self, "parts", parts)
+
+    def __repr__(self):
+        return (f"PropertyUnion({len(self.parts)} input boxes, {self.num_inputs} inputs, {self.num_outputs} outputs, "
+                f"source={self.source!r})")
+
+    @property
+    def num_inputs(self) -> int:
+        return self.parts[0].num_inputs
+
+    @property
+    def num_outputs(self) -> int:
+        return self.parts[0].num_outputs
+
+    def contains(self, X) -> np.ndarray:
+        """Whether each row of ``X`` lies in some part's box."""
+        return np.any([p.contains(X) for p in self.parts], axis=0)
+
+    def check_witness(self, model, x, shape=None):
+        """As :meth:`Property.check_witness`: ``ok`` when some part's box holds x and its condition holds at y."""
+        x, y = _replay(model, x, shape, self.num_inputs, self.num_outputs)
+        return bool(any(p.contains(x)[0] and p.satisfies_output(y)[0] for p in self.parts)), y
+
+
+def _replay(model, x, shape, num_inputs, num_outputs):
+    """(x, y) as float64 numpy arrays: ``x`` flattened, ``y`` a float64 copy of ``model`` on it, reshaped to
+    ``(1, *shape)`` (default ``model.input_shape`` when the model has one, else flat)."""
+    x = torch.as_tensor(x).detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    if x.numel() != num_inputs:
+        raise ValueError(f"x must have {num_inputs} entries (the property's inputs); got {x.numel()}")
+    shape = getattr(model, "input_shape", (num_inputs,)) if shape is None else shape
+    replica = copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
+    with torch.no_grad():
+        y = replica(x.reshape(1, *shape)).reshape(-1).numpy()
+    if y.size != num_outputs:
+        raise ValueError(f"the model has {y.size} outputs; the property has {num_outputs}")
+    return x.numpy(), y
 
 
 def _rows(values, width, name) -> np.ndarray:

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from .property import Property
+from .property import Property, PropertyUnion
 from .writer import RESULTS
 
 __all__ = ["load", "parse", "read_result"]
@@ -22,7 +22,7 @@ _VARIABLE = re.compile(r"([XY])_(\d+)")
 _TOKEN = re.compile(r";[^\n]*|\(|\)|[^\s();]+")
 
 
-def load(path) -> Property:
+def load(path) -> Property | PropertyUnion:
     """Read a ``.vnnlib`` (or ``.vnnlib.gz``) file; see :func:`parse`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -36,10 +36,12 @@ def load(path) -> Property:
     return parse(text, source=path)
 
 
-def parse(text: str, source: str = "<string>") -> Property:
-    """Parse VNNLIB text. Input constraints must be bounds on single variables (conjunctions of them);
-    output constraints are any and / or of linear inequalities over the ``Y_j``. Malformed input raises a
-    ``ValueError`` naming ``source`` and the line."""
+def parse(text: str, source: str = "<string>") -> Property | PropertyUnion:
+    """Parse VNNLIB text. Input constraints are bounds on single variables, under any and / or (several
+    input boxes); output constraints are any and / or of linear inequalities over the ``Y_j``; an assertion
+    may combine both (a condition per input box). One input box gives a :class:`Property`, several a
+    :class:`PropertyUnion` (one part per box, with the output condition that goes with it). Malformed input
+    raises a ``ValueError`` naming ``source`` and the line."""
     return _Parser(text, source).run()
 
 
@@ -54,8 +56,8 @@ class _Parser:
     def __init__(self, text, source):
         self.source, self.text = source, text
         self.declared = {"X": set(), "Y": set()}
-        self.bounds = {}  # X index -> [lower, upper]
-        self.output = None  # DNF: list of conjunctions, each a list of (coef {index: a}, rhs)
+        self.inputs = [[]]  # DNF of the assertions on inputs: each conjunction a box (and maybe output rows)
+        self.output = None  # DNF of the assertions on outputs only: conjunctions of rows (coef {var: a}, rhs)
 
     def error(self, offset, message) -> ValueError:
         line = self.text.count("\n", 0, offset) + 1 if isinstance(offset, int) else "?"
@@ -104,29 +106,27 @@ class _Parser:
 
     def assertion(self, command):
         dnf = self.condition(command[1], command.line)
-        kinds = {var[0] for conjunction in dnf for coef, _ in conjunction for var in coef}
-        if kinds == {"X"}:
-            self.input_bounds(dnf, command.line)
-        elif kinds == {"Y"}:
+        kinds = [{var[0] for var in coef} for conjunction in dnf for coef, _ in conjunction]
+        if any(len(kind) != 1 for kind in kinds):
+            raise self.error(command.line, "every constraint must be on inputs X_i alone (bounds) or on outputs Y_j "
+                                           "alone; constraints mixing them or without variables are not supported")
+        if all(kind == {"Y"} for kind in kinds):
             self.output = dnf if self.output is None else _and(self.output, dnf)
             if len(self.output) > _MAX_DISJUNCTS:
                 raise self.error(command.line, f"the output condition expands to more than {_MAX_DISJUNCTS} disjuncts")
+            return
+        for conjunction in dnf:
+            for coef, _ in conjunction:
+                if "X" in {var[0] for var in coef} and (len(coef) != 1 or abs(next(iter(coef.values()))) != 1):
+                    raise self.error(command.line, "input constraints must be bounds on single variables "
+                                                   "(X_i <= c, X_i >= c)")
+        if len(dnf) == 1:  # a conjunction (one bound per assertion, often): extend every region in place
+            for conjunction in self.inputs:
+                conjunction.extend(dnf[0])
         else:
-            raise self.error(command.line, "an assertion must constrain only inputs X_i (bounds) or only outputs "
-                                           "Y_j; constraints mixing them or without variables are not supported")
-
-    def input_bounds(self, dnf, at):
-        if len(dnf) != 1:
-            raise self.error(at, "input constraints must be a conjunction of bounds (no 'or' over inputs)")
-        for coef, rhs in dnf[0]:
-            (var, a), = coef.items() if len(coef) == 1 else [(None, 0.0)]
-            if abs(a) != 1:
-                raise self.error(at, "input constraints must be bounds on single variables (X_i <= c, X_i >= c)")
-            bound = self.bounds.setdefault(var[1], [-math.inf, math.inf])
-            if a > 0:
-                bound[1] = min(bound[1], rhs)
-            else:
-                bound[0] = max(bound[0], -rhs)
+            self.inputs = _and(self.inputs, dnf)
+        if len(self.inputs) > _MAX_DISJUNCTS:
+            raise self.error(command.line, f"the input regions expand to more than {_MAX_DISJUNCTS} disjuncts")
 
     def condition(self, expr, at):
         """Disjunctive normal form of a Boolean expression: a list of conjunctions of rows (coef, rhs)."""
@@ -186,15 +186,46 @@ class _Parser:
             return {v: a / args[1][1] for v, a in coef.items()}, const / args[1][1]
         raise self.error(expr.line, f"unsupported term {_show(expr)}; expected +, -, * or / by constants")
 
-    def property(self) -> Property:
+    def property(self) -> Property | PropertyUnion:
         n, k = len(self.declared["X"]), len(self.declared["Y"])
         for kind, count in (("X", n), ("Y", k)):
             if count == 0 or self.declared[kind] != set(range(count)):
                 raise ValueError(f"{self.source}: the declared {kind} variables must be {kind}_0 .. {kind}_{{m-1}} "
                                  f"(m >= 1); got {count} of them")
+        regions = {}  # box -> (lower, upper, the output rows its conjunctions carry)
+        for conjunction in self.inputs:
+            lower, upper = self.box(conjunction, n)
+            rows = [(coef, rhs) for coef, rhs in conjunction if next(iter(coef))[0] == "Y"]
+            regions.setdefault((lower.tobytes(), upper.tobytes()), (lower, upper, []))[2].append(rows)
+        parts = []
+        for lower, upper, conditions in regions.values():
+            dnf = conditions if self.output is None else _and(conditions, self.output)
+            if any(not conjunction for conjunction in dnf):
+                raise ValueError(f"{self.source}: no assertion on the outputs Y_j"
+                                 f"{' for one of the input boxes' if len(regions) > 1 else ''}")
+            if len(dnf) > _MAX_DISJUNCTS:
+                raise ValueError(f"{self.source}: the output condition expands to more than {_MAX_DISJUNCTS} disjuncts")
+            disjuncts = []
+            for conjunction in dnf:
+                A = np.zeros((len(conjunction), k))
+                for r, (coef, _) in enumerate(conjunction):
+                    for (_, j), a in coef.items():
+                        A[r, j] = a
+                disjuncts.append((A, np.array([rhs for _, rhs in conjunction])))
+            parts.append(Property(lower, upper, tuple(disjuncts), k, self.source))
+        return parts[0] if len(parts) == 1 else PropertyUnion(tuple(parts), self.source)
+
+    def box(self, conjunction, n):
+        """The input box (lower, upper) of one conjunction's bounds on the X_i; every input must be bounded."""
         lower, upper = np.full(n, -np.inf), np.full(n, np.inf)
-        for i, (lo, hi) in self.bounds.items():
-            lower[i], upper[i] = lo, hi
+        for coef, rhs in conjunction:
+            (kind, i), a = next(iter(coef.items()))
+            if kind != "X":
+                continue
+            if a > 0:
+                upper[i] = min(upper[i], rhs)
+            else:
+                lower[i] = max(lower[i], -rhs)
         unbounded = np.flatnonzero(~np.isfinite(lower) | ~np.isfinite(upper))
         if len(unbounded):
             raise ValueError(f"{self.source}: every input needs a lower and an upper bound; missing for "
@@ -203,16 +234,7 @@ class _Parser:
         if len(empty):
             raise ValueError(f"{self.source}: empty input box: X_{empty[0]} has lower bound {lower[empty[0]]} > "
                              f"upper bound {upper[empty[0]]}")
-        if self.output is None:
-            raise ValueError(f"{self.source}: no assertion on the outputs Y_j")
-        disjuncts = []
-        for conjunction in self.output:
-            A = np.zeros((len(conjunction), k))
-            for r, (coef, _) in enumerate(conjunction):
-                for (_, j), a in coef.items():
-                    A[r, j] = a
-            disjuncts.append((A, np.array([rhs for _, rhs in conjunction])))
-        return Property(lower, upper, tuple(disjuncts), k, self.source)
+        return lower, upper
 
 
 def _combine(terms, factors):

@@ -36,7 +36,7 @@ from .._validation import check_choice, check_positive_int
 from ..models import model_device
 from ..verify.methods import check_time_limit
 from .objective import ObjectiveView, objective_model
-from .property import Property
+from .property import Property, PropertyUnion
 
 __all__ = ["verify_property", "METHODS", "DEFAULT_TIME_LIMIT"]
 
@@ -157,8 +157,8 @@ def _input_shape(model, prop, input_shape) -> tuple:
     """The shape of one input, checked against the property (and the model and property types)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module (e.g. from robustopt.onnx.load); got {type(model).__name__}")
-    if not isinstance(prop, Property):
-        raise ValueError(f"prop must be a robustopt.vnnlib.Property (from robustopt.vnnlib.load); "
+    if not isinstance(prop, (Property, PropertyUnion)):
+        raise ValueError(f"prop must be a robustopt.vnnlib.Property or PropertyUnion (from robustopt.vnnlib.load); "
                          f"got {type(prop).__name__}")
     shape = tuple(input_shape) if input_shape is not None else tuple(getattr(model, "input_shape", (prop.num_inputs,)))
     if int(np.prod(shape)) != prop.num_inputs:
@@ -187,12 +187,55 @@ def verify_property(model, prop, method="auto", time_limit=DEFAULT_TIME_LIMIT, *
     ``{"x": (num_inputs,), "y": (num_outputs,)}`` float64 arrays, the replayed witness; else None),
     ``seconds`` (wall time), ``decided_by`` (the stage that settled a sat / unsat verdict) and
     ``disjunct_lower`` (the best proven lower bound on :math:`\\min_x h_i(x)` per disjunct, -inf where none).
+
+    A :class:`PropertyUnion` (several input boxes) is decided part by part, in order, each part given an equal
+    share of the time left (a part that finishes early leaves its time to the next): sat as soon as one part is,
+    unsat when every part is. Its report adds ``parts`` (the parts' reports, up to the last one run) and
+    concatenates the parts' ``disjunct_lower`` (-inf for parts not run).
     """
     check_choice(method, METHODS, "method")
     time_limit = check_time_limit(time_limit)
     attack_steps = check_positive_int(attack_steps, "attack_steps")
     attack_restarts = check_positive_int(attack_restarts, "attack_restarts")
-    run = _Run(model, prop, time_limit, _input_shape(model, prop, input_shape))
+    shape = _input_shape(model, prop, input_shape)
+    options = dict(attack=attack, attack_steps=attack_steps, attack_restarts=attack_restarts, seed=seed)
+    if isinstance(prop, PropertyUnion):
+        return _verify_union(model, prop, method, time_limit, shape, options)
+    return _verify(model, prop, method, time_limit, shape, **options)
+
+
+def _verify_union(model, union, method, time_limit, shape, options) -> dict:
+    """:func:`verify_property` on each part of ``union`` in turn, sharing ``time_limit``."""
+    start, reports = time.perf_counter(), []
+    for k, part in enumerate(union.parts):
+        left = None if time_limit is None else time_limit - (time.perf_counter() - start)
+        if left is not None and left <= 0:
+            break
+        reports.append(_verify(model, part, method, None if left is None else left / (len(union.parts) - k), shape,
+                               **options))
+        if reports[-1]["result"] == "sat":
+            break
+    results = [r["result"] for r in reports]
+    if "sat" in results:
+        result = "sat"
+    elif results.count("unsat") == len(union.parts):
+        result = "unsat"
+    else:
+        result = "unknown" if "unknown" in results and len(results) == len(union.parts) and "timeout" not in results \
+            else "timeout"
+    decided = reports[-1] if result == "sat" else None
+    lower = [r["disjunct_lower"] for r in reports] + [np.full(len(p.disjuncts), -np.inf)
+                                                     for p in union.parts[len(reports):]]
+    return {"result": result, "counterexample": decided["counterexample"] if decided else None,
+            "seconds": time.perf_counter() - start,
+            "decided_by": decided["decided_by"] if decided else
+            ("+".join(dict.fromkeys(r["decided_by"] for r in reports)) if result == "unsat" else None),
+            "disjunct_lower": np.concatenate(lower), "parts": reports}
+
+
+def _verify(model, prop, method, time_limit, shape, *, attack, attack_steps, attack_restarts, seed) -> dict:
+    """:func:`verify_property` on one :class:`Property` (arguments checked)."""
+    run = _Run(model, prop, time_limit, shape)
     if run.try_witness(run.x, "attack") or (attack and run.attack(attack_steps, attack_restarts, seed, False)):
         return run.report("sat")
     bound_methods = AUTO_BOUNDS if method == "auto" else (() if method in COMPLETE else (method,))

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from .property import Property
+from .property import Property, PropertyUnion
 
 __all__ = ["to_vnnlib", "save", "format_result", "write_result", "RESULTS"]
 
@@ -39,19 +39,32 @@ def _row(a, b) -> str:
     return f"(<= (+ {terms} 0.0) {_number(b)})"
 
 
-def to_vnnlib(prop: Property) -> str:
-    """The property as VNNLIB text; :func:`~robustopt.vnnlib.parse` reads it back exactly."""
+def to_vnnlib(prop: Property | PropertyUnion) -> str:
+    """The property as VNNLIB text; :func:`~robustopt.vnnlib.parse` reads it back exactly. A
+    :class:`PropertyUnion` is one assertion: an ``or`` over its parts of (box and condition)."""
     lines = [f"; {prop.source}" if prop.source != "<string>" else "; written by robustopt.vnnlib", ""]
     lines += [f"(declare-const X_{i} Real)" for i in range(prop.num_inputs)] + [""]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(prop.num_outputs)] + ["", "; input box"]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(prop.num_outputs)] + [""]
+    if isinstance(prop, PropertyUnion):
+        lines += ["; input boxes, each with its output condition (sat = counterexample)", "(assert (or"]
+        for part in prop.parts:
+            box = " ".join(f"(<= X_{i} {_number(hi)}) (>= X_{i} {_number(lo)})"
+                           for i, (lo, hi) in enumerate(zip(part.lower, part.upper)))
+            lines += [f"    (and {box} (or {' '.join(_conjunction(A, bs) for A, bs in part.disjuncts)}))"]
+        return "\n".join(lines + ["))", ""])
+    lines += ["; input box"]
     for i, (lo, hi) in enumerate(zip(prop.lower, prop.upper)):
         lines += [f"(assert (<= X_{i} {_number(hi)}))", f"(assert (>= X_{i} {_number(lo)}))"]
     lines += ["", "; output condition (sat = counterexample)", "(assert (or"]
-    lines += [f"    (and {' '.join(_row(a, b) for a, b in zip(A, bs))})" for A, bs in prop.disjuncts]
+    lines += [f"    {_conjunction(A, bs)}" for A, bs in prop.disjuncts]
     return "\n".join(lines + ["))", ""])
 
 
-def save(prop: Property, path) -> None:
+def _conjunction(A, bs) -> str:
+    return f"(and {' '.join(_row(a, b) for a, b in zip(A, bs))})"
+
+
+def save(prop: Property | PropertyUnion, path) -> None:
     """Write ``prop`` as a VNNLIB file (gzip-compressed when ``path`` ends in ``.gz``)."""
     path = os.fspath(path)
     opener = gzip.open if path.endswith(".gz") else open
