@@ -191,3 +191,23 @@ def test_union_of_boxes_matches_an_exhaustive_grid(seed):
         assert report["counterexample"] is None
     if any(minimum <= 0 for minimum, _ in minima):
         assert report["result"] == "sat"
+
+
+def test_a_conjunction_is_refuted_by_a_combination_of_its_rows():
+    """``y <= 0.2 and y >= 0.8`` holds nowhere, yet neither row alone is refuted on the box: alpha-CROWN on h
+    (the max tree, its pass-through neurons stable) finds the combination (1/2, 1/2); rows alone cannot."""
+    model = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1)).double()
+    with torch.no_grad():  # y = relu(x) - relu(-x) = x
+        model[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        model[0].bias.zero_()
+        model[2].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        model[2].bias.zero_()
+    prop = Property(np.array([-2.0]), np.array([3.0]), [(np.array([[1.0], [-1.0]]), np.array([0.2, -0.8]))], 1)
+    h = objective_model(model, prop)
+    x = torch.linspace(-2, 3, 101, dtype=torch.float64).view(-1, 1)
+    np.testing.assert_allclose(h(x).numpy()[:, 0], np.maximum(x[:, 0] - 0.2, 0.8 - x[:, 0]).numpy(), atol=1e-12)
+    for method, refuted in (("crown", False), ("alpha-crown", True)):
+        report = verify_property(model, prop, method=method, time_limit=None)
+        assert report["result"] == ("unsat" if refuted else "unknown"), method
+        assert (report["disjunct_lower"][0] > 0) == refuted
+    assert 0 < report["disjunct_lower"][0] <= 0.3 + 1e-9  # at most the true minimum, 0.3 at x = 0.5

@@ -8,7 +8,9 @@ With :math:`h_i(x) = \max_r (A_{ir} f(x) - b_{ir})` per disjunct (:mod:`.objecti
    starts in one batch, early stop) minimizing :math:`\min_i h_i`;
 2. **bounds**: CROWN, then alpha-CROWN (``robustopt.verify.spec_bounds`` on the rows :math:`A_{ir}` of the
    disjuncts still open). Disjunct i is refuted when some row has a proven lower bound
-   :math:`\min_x A_{ir} f(x) > b_{ir}` (strictly: equality is a counterexample);
+   :math:`\min_x A_{ir} f(x) > b_{ir}` (strictly: equality is a counterexample), or, for a disjunct of several
+   rows, when :math:`h_i` has a proven lower bound > 0 (alpha-CROWN then optimizes a convex combination of the
+   rows: :mod:`.objective`);
 3. **targeted attack**: PGD again, one run per disjunct still open (multi-targeted, the ten with the lowest
    :math:`h_i` at the centre), on its :math:`h_i`;
 4. **bab**: branch and bound (``robustopt.verify`` method ``"bab"``; input splitting on low-dimensional inputs,
@@ -94,7 +96,7 @@ class _Run:
         (``targeted``: one run per open disjunct, on its h_i alone); the best points are replayed."""
         from ..attacks import pgd
 
-        view = ObjectiveView(objective_model(self.model, self.prop, self.open))
+        view = ObjectiveView(objective_model(self.model, self.prop, self.open, self.shape))
         batch = lambda t: t.expand(restarts, *t.shape[1:])
         label = torch.zeros(restarts, dtype=torch.long, device=self.x.device)
         result = pgd(view, batch(self.x), label, self.eps, norm="inf", steps=steps, loss="margin",
@@ -104,17 +106,11 @@ class _Run:
         return self.try_witness(result.x_adv[order[result.margin[order] <= WITNESS_SLACK]], "attack")
 
     def refute(self, method) -> None:
-        """Incomplete bounds on every row of the open disjuncts; drop the refuted ones."""
-        from ..verify import get_method, spec_bounds
-
+        """Incomplete bounds on every row of the open disjuncts, then on h_i of those of several rows still
+        open (a combination of the rows, :mod:`.objective`); drop the refuted ones."""
         rows = [(i, r) for i in self.open for r in range(len(self.prop.disjuncts[i][1]))]
-        C = torch.as_tensor(np.stack([self.prop.disjuncts[i][0][r] for i, r in rows]), dtype=torch.float64,
-                            device=self.x.device)
-        options = {}
-        if self.time_limit is not None and get_method(method).TAKES_TIME_LIMIT:
-            options["time_limit"] = max(self.left(), 1e-3)
-        lb = spec_bounds(self.model, self.x, C, self.eps, "inf", method, self.lower, self.upper, **options)[0]
-        lb = lb.detach().cpu().double().numpy()
+        C = np.stack([self.prop.disjuncts[i][0][r] for i, r in rows])
+        lb = self._bounds(self.model, C, method)
         refuted = set()
         for (i, r), value in zip(rows, lb):
             b = self.prop.disjuncts[i][1][r]
@@ -122,6 +118,24 @@ class _Run:
             if value > b:
                 refuted.add(i)
         self._drop(refuted, method)
+        joint = [i for i in self.open if len(self.prop.disjuncts[i][1]) > 1]
+        if not joint or self.out_of_time():
+            return
+        lb = self._bounds(objective_model(self.model, self.prop, joint, self.shape), np.eye(len(joint)), method)
+        for i, value in zip(joint, lb):
+            self.disjunct_lower[i] = max(self.disjunct_lower[i], value)
+        self._drop({i for i, value in zip(joint, lb) if value > 0}, method)
+
+    def _bounds(self, model, C, method) -> np.ndarray:
+        """Proven lower bounds on min_x C_r model(x) over the box, by ``method`` within the time left."""
+        from ..verify import get_method, spec_bounds
+
+        options = {}
+        if self.time_limit is not None and get_method(method).TAKES_TIME_LIMIT:
+            options["time_limit"] = max(self.left(), 1e-3)
+        C = torch.as_tensor(C, dtype=torch.float64, device=self.x.device)
+        lb = spec_bounds(model, self.x, C, self.eps, "inf", method, self.lower, self.upper, **options)[0]
+        return lb.detach().cpu().double().numpy()
 
     def exact(self, method) -> str | None:
         """A complete method (``"milp"`` or ``"bab"``) on h_i of the open disjuncts, stopping as soon as the verdict
@@ -129,7 +143,7 @@ class _Run:
         (refuted disjuncts are dropped; a replayed point becomes the witness)."""
         from ..verify.api import Problem
 
-        problem = Problem(objective_model(self.model, self.prop, self.open), self.x, self.eps, "inf", self.lower,
+        problem = Problem(objective_model(self.model, self.prop, self.open, self.shape), self.x, self.eps, "inf", self.lower,
                           self.upper)
         eye = torch.eye(len(self.open), dtype=torch.float64, device=self.x.device)
         options = {"stop_at": 0.0, "time_limit": None if self.time_limit is None else max(self.left(), 1e-3)}
