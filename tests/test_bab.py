@@ -160,18 +160,22 @@ def test_time_limit_and_max_domains_give_sound_unknowns():
     res = run_method("bab", net, x, ball, compute_upper=False, time_limit=0.5, split="relu")
     assert time.perf_counter() - tic < 1.5
     assert res.status.tolist() == ["time_limit"] and (res.lower >= crown - 1e-9).all()
-    capped = run_method("bab", net, x, ball, compute_upper=False, max_domains=100, batch_size=32, stop_at=0.0)
+    capped = run_method("bab", net, x, ball, compute_upper=False, max_domains=100, domain_batch=32, stop_at=0.0)
     assert capped.status.tolist() == ["time_limit"] and 0 < capped.info["open"][0] <= 100
     sampled = net(torch.stack([ball.random(x) for _ in range(200)])[:, 0]).amin(0)
     assert (res.lower[0] <= sampled + 1e-9).all() and (capped.lower[0] <= sampled + 1e-9).all()
     result = certify(model, x, y, 0.08, method="bab", time_limit=0.5, attack=False, progress=False)
     assert result.status[0] in ("unknown", "falsified") and result.seconds < 3
+    # the API's batch_size (examples) and bab's domain_batch (domains per step) side by side
+    two = certify(model, x.repeat(2, 1), y.repeat(2), 0.08, method="bab", time_limit=0.3, attack=False,
+                  progress=False, batch_size=1, domain_batch=8)
+    assert len(two.status) == 2 and set(two.status) <= {"unknown", "falsified"}
 
 
 def test_bad_options_raise():
     model, x, y, net, ball = _hard_instance()
     for options, match in [({"split": "middle"}, "split"), ({"branching": "random"}, "branching"),
-                           ({"batch_size": 1}, "batch_size"), ({"max_domains": 0}, "max_domains"),
+                           ({"domain_batch": 1}, "domain_batch"), ({"max_domains": 0}, "max_domains"),
                            ({"steps": -1}, "steps"), ({"progress": "yes"}, "progress"),
                            ({"time_limit": 0}, "time_limit"), ({"stop_at": float("nan")}, "stop_at"),
                            ({"beam": 3}, "unknown option")]:

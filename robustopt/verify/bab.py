@@ -21,8 +21,8 @@ runs until each row's bound is within a relative 1e-6 of the best value found (t
 (bound minimizers, short descents, the leaves' LP solutions) are replayed through the network in its dtype; the
 best per row is ``Bounds.points`` (n, m, d), NaN where none (the API replays them again).
 
-Options: ``time_limit`` (seconds per example), ``batch_size`` (domains bounded per step), ``steps``
-(alpha-/beta-CROWN iterations per bound; 0 is CROWN), both by default per split (:data:`DEFAULTS`: ReLU domains
+Options: ``time_limit`` (seconds per example), ``domain_batch`` (domains bounded per step; the API's
+``batch_size`` counts examples), ``steps`` (alpha-/beta-CROWN iterations per bound; 0 is CROWN), both by default per split (:data:`DEFAULTS`: ReLU domains
 carry slopes and multipliers worth optimizing, input boxes are many and cheap; measured on small random nets and
 ACAS Xu), ``max_domains`` (open domains kept; default: what fits in :data:`DOMAIN_MEMORY` bytes), ``branching``
 ("babsr" or "widest"), ``split``, ``stop_at``, ``progress`` (a tqdm bar: domains bounded and open, global lower
@@ -51,7 +51,7 @@ from .network import Network
 from .operators import BatchLinear, Linear
 
 NORMS = ("inf", 1)
-OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "batch_size", "max_domains", "branching", "split", "steps",
+OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "domain_batch", "max_domains", "branching", "split", "steps",
                             "progress"}
 SOLVER = True
 EXACT = True  # without stop_at, an example that ends "optimal" has its exact minimum, to a gap of 1e-6 (|v| + 1)
@@ -60,7 +60,7 @@ TAKES_STOP_AT = True
 TAKES_SPLITS = False
 SPLITS = ("auto", "relu", "input")
 INPUT_SPLIT_DIMENSIONS = 20
-DEFAULTS = {"relu": {"batch_size": 64, "steps": 10}, "input": {"batch_size": 512, "steps": 5}}
+DEFAULTS = {"relu": {"domain_batch": 64, "steps": 10}, "input": {"domain_batch": 512, "steps": 5}}
 DOMAIN_MEMORY = 1 << 30  # bytes of open domains by default (max_domains=None)
 
 
@@ -100,12 +100,12 @@ def _max_domains(net, max_domains, mode):
 
 
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, time_limit=None,
-           stop_at=None, batch_size=None, max_domains=None, branching="babsr", split="auto", steps=None,
+           stop_at=None, domain_batch=None, max_domains=None, branching="babsr", split="auto", steps=None,
            progress=False) -> Bounds:
     """Branch-and-bound lower bounds on every output row of ``net`` over the ball (see the module docstring)."""
     time_limit, stop_at = check_time_limit(time_limit), check_stop_at(stop_at)
-    if batch_size is not None:
-        batch_size = check_positive_int(batch_size, "batch_size", minimum=2)
+    if domain_batch is not None:
+        domain_batch = check_positive_int(domain_batch, "domain_batch", minimum=2)
     if steps is not None:
         steps = check_positive_int(steps, "steps", minimum=0)
     if max_domains is not None:
@@ -131,7 +131,7 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
             intermediate=None if intermediate is None else [(lo[i:i + 1], hi[i:i + 1]) for lo, hi in intermediate])
         search = Search(example_net, centre, example_ball, stop_at, None if time_limit is None else tic + time_limit,
                         _max_domains(example_net, max_domains, mode), progress)
-        status[i] = run(search, strategy, default["batch_size"] if batch_size is None else batch_size)
+        status[i] = run(search, strategy, default["domain_batch"] if domain_batch is None else domain_batch)
         lower[i], points[i] = search.lower(), search.points
         if compute_upper:
             upper[i] = strategy.upper[0]
