@@ -1,20 +1,30 @@
-"""Benchmark of complete verification on ACAS Xu (VNN-COMP 2021): branch and bound against the MILP, same run.
+"""Complete verification on VNN-COMP 2021 benchmarks: branch and bound against the MILP, and against α,β-CROWN.
 
-    python bench/bab.py [--timeout 20] [--per-prop 2] [--props 1,2,3,4,5,7,8,9,10]
+    python bench/bab.py [--benchmark acasxu] [--per-prop 2 | --all] [--timeout 20 | --official] [--methods bab,milp]
+                        [--out results.csv] [--peer abcrown.csv] [--report]
 
-Instances: ``--per-prop`` rows per property of ``../shared/data/vnncomp2021_acasxu/acasxu_instances.csv`` (spread
-over the 45 networks, the same rows every run), each verified in this process, one torch thread, by
-``robustopt.vnnlib.run_instance`` with ``method="bab"`` (attacks, then branch and bound: input splitting on the
-5 inputs) and with ``method="milp"`` (attacks, then the exact MILP), both under ``--timeout`` seconds. The result
-is compared with the consensus verdict of the 2021 tools (``vnncomp2021_results/verdicts_acasxu_2021.csv``):
-solved (agrees), timeout / unknown, **wrong** (disagrees: must be 0), and instances without a consensus.
-Property 6 (an ``or`` of two input boxes) is not readable yet and is listed as skipped.
+Benchmarks (``../shared/data``): ``acasxu`` (186 instances, 116 s each), ``mnistfc`` (90, 120 s), ``eran``
+(relu_9_200, 36, 300 s), ``oval21`` (30, 720 s). Instances: with ``--all`` every row of the benchmark's instances
+CSV, else ``--per-prop`` rows per property (ACAS Xu; spread over the 45 networks, the same rows every run) or the
+first ``--first`` rows (the others). Each is verified in this process, one torch thread, by
+``robustopt.vnnlib.run_instance`` with each of ``--methods``: ``bab`` (attacks, then branch and bound: input
+splitting on ACAS Xu's 5 inputs, ReLU splitting otherwise), ``milp`` (attacks, then the exact MILP), ``auto``
+(attacks, CROWN, α-CROWN, then branch and bound), under ``--timeout`` seconds or the CSV's own (``--official``).
+
+Results are appended to ``--out`` (one row per instance and method; rows already there are skipped, so an
+interrupted run started again resumes). The summary compares each result with the consensus verdict of the 2021
+tools (``vnncomp2021_results/verdicts_*_2021.csv``): solved (sat / unsat, agreeing), timeout / unknown, **wrong**
+(disagrees: must be 0), and the median and total seconds. ``--peer`` adds α,β-CROWN's results from the CSV its
+runner writes (``benchmark,onnx,vnnlib,timeout,result,seconds,...``; see the closing notes for how it was run) on
+the instances both have: solved counts and the median time per solved instance, ours ÷ theirs. ``--report``
+prints the summary of ``--out`` (and ``--peer``) without running anything.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,61 +37,142 @@ sys.path.insert(0, str(ROOT))
 from robustopt.vnnlib.runner import run_instance  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-FOLDER = SHARED / "vnncomp2021_acasxu"
-VERDICTS = SHARED / "vnncomp2021_results" / "verdicts_acasxu_2021.csv"
-METHODS = ("bab", "milp")
+BENCHMARKS = {  # name: (folder, instances CSV, verdict table)
+    "acasxu": ("vnncomp2021_acasxu", "acasxu_instances.csv", "verdicts_acasxu_2021.csv"),
+    "mnistfc": ("vnncomp2021_mnistfc", "mnistfc_instances.csv", "verdicts_mnistfc_2021.csv"),
+    "eran": ("vnncomp2021_eran_mnist_relu_9_200", "eran_instances_relu_only.csv", "verdicts_eran_2021.csv"),
+    "oval21": ("vnncomp2021_oval21", "oval21_instances.csv", "verdicts_oval21_2021.csv"),
+}
+FIELDS = ["benchmark", "instance", "method", "timeout", "result", "seconds", "expected", "kind"]
 
 
-def pick(per_prop, props):
-    """``per_prop`` instance rows per property, evenly spaced over that property's rows."""
-    with open(FOLDER / "acasxu_instances.csv", newline="") as f:
+def instance_name(onnx, vnnlib) -> str:
+    """The verdict tables' name of an instance: ``{network}-{property}`` (file stems)."""
+    return f"{Path(onnx).stem}-{Path(vnnlib).name.removesuffix('.gz').removesuffix('.vnnlib')}"
+
+
+def instances(benchmark, everything, per_prop, first):
+    """Rows (onnx, vnnlib, timeout) of the benchmark's instances CSV: all, ``per_prop`` per ACAS Xu property
+    (evenly spaced over its rows), or the first ``first``."""
+    folder, listing, _ = BENCHMARKS[benchmark]
+    with open(SHARED / folder / listing, newline="") as f:
         rows = [r for r in csv.reader(f) if r]
+    if everything:
+        return rows
+    if benchmark != "acasxu":
+        return rows[:first]
     chosen = []
-    for prop in props:
+    for prop in range(1, 11):
         mine = [r for r in rows if Path(r[1]).stem == f"prop_{prop}"]
-        step = max(1, len(mine) // per_prop)
-        chosen += mine[::step][:per_prop]
+        chosen += mine[::max(1, len(mine) // per_prop)][:per_prop]
     return chosen
 
 
-def main():
+def verdicts(benchmark) -> dict:
+    path = SHARED / "vnncomp2021_results" / BENCHMARKS[benchmark][2]
+    with open(path, newline="") as f:
+        return {row["instance"]: row["consensus"] for row in csv.DictReader(f)}
+
+
+def kind_of(result, expected) -> str:
+    if result not in ("sat", "unsat"):
+        return "timeout"
+    return "solved" if result == expected or expected not in ("sat", "unsat") else "wrong"
+
+
+def run(args, rows, known):
+    done = set()
+    if os.path.exists(args.out):
+        with open(args.out, newline="") as f:
+            done = {(r["instance"], r["method"]) for r in csv.DictReader(f)}
+    fresh = not os.path.exists(args.out)
+    folder = SHARED / BENCHMARKS[args.benchmark][0]
+    methods = args.methods.split(",")
+    print(f"{args.benchmark}: {len(rows)} instances, methods {methods}, 1 torch thread, load average "
+          "%.1f / %.1f / %.1f" % os.getloadavg(), flush=True)
+    with open(args.out, "a", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        if fresh:
+            writer.writeheader()
+        for onnx, vnnlib, official in rows:
+            name = instance_name(onnx, vnnlib)
+            timeout = float(official) if args.official else args.timeout
+            for method in methods:
+                if (name, method) in done:
+                    continue
+                tic = time.perf_counter()
+                result = run_instance(folder / onnx, folder / vnnlib, timeout, method)["result"]
+                seconds = time.perf_counter() - tic
+                row = {"benchmark": args.benchmark, "instance": name, "method": method, "timeout": timeout,
+                       "result": result, "seconds": f"{seconds:.2f}", "expected": known.get(name),
+                       "kind": kind_of(result, known.get(name))}
+                writer.writerow(row)
+                f.flush()
+                print(f"{name:60s} {method:5s} {result:7s} {seconds:7.2f} s  (known {known.get(name)})", flush=True)
+
+
+def tally(results):
+    """{solved, sat, unsat, timeout, wrong, median (solved), total} of [(result, seconds, kind)]."""
+    solved = [s for r, s, k in results if k == "solved"]
+    return {"n": len(results), "solved": len(solved), "sat": sum(r == "sat" and k == "solved" for r, _, k in results),
+            "unsat": sum(r == "unsat" and k == "solved" for r, _, k in results),
+            "timeout": sum(k == "timeout" for _, _, k in results), "wrong": sum(k == "wrong" for _, _, k in results),
+            "median": statistics.median(solved) if solved else float("nan"),
+            "total": sum(s for _, s, _ in results)}
+
+
+def report(args, known):
+    ours = {}
+    with open(args.out, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["benchmark"] == args.benchmark:
+                ours.setdefault(r["method"], {})[r["instance"]] = (r["result"], float(r["seconds"]), r["kind"])
+    peer, solver = {}, {}
+    if args.peer:
+        with open(args.peer, newline="") as f:
+            for r in csv.DictReader(f):
+                if r["benchmark"] == args.benchmark:
+                    name = instance_name(r["onnx"], r["vnnlib"])
+                    peer[name] = (r["result"], float(r["seconds"]), kind_of(r["result"], known.get(name)))
+                    solver[name] = float(r.get("seconds_solver") or "nan")
+    print(f"\n## {args.benchmark}\n\n| method | instances | solved (sat / unsat) | timeout / unknown | wrong | "
+          "median s (solved) | total s |\n|---|---:|---:|---:|---:|---:|---:|")
+    for method, results in list(ours.items()) + ([("α,β-CROWN", peer)] if peer else []):
+        t = tally(list(results.values()))
+        print(f"| {method} | {t['n']} | {t['solved']} ({t['sat']} / {t['unsat']}) | {t['timeout']} | {t['wrong']} | "
+              f"{t['median']:.2f} | {t['total']:.0f} |")
+    for method, results in ours.items() if peer else ():
+        both = sorted(set(results) & set(peer))
+        a, b = tally([results[i] for i in both]), tally([peer[i] for i in both])
+        print(f"\n{method} vs α,β-CROWN on the {len(both)} instances both ran: solved {a['solved']} vs {b['solved']}, "
+              f"wrong {a['wrong']} vs {b['wrong']}, median s per solved instance {a['median']:.2f} vs "
+              f"{b['median']:.2f} (ours ÷ theirs {a['median'] / b['median']:.2f}); theirs without its process "
+              f"start-up: {statistics.median([solver[i] for i in both if peer[i][2] == 'solved'] or [float('nan')]):.2f}")
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--benchmark", default="acasxu", choices=sorted(BENCHMARKS))
+    parser.add_argument("--all", action="store_true", help="every instance of the benchmark")
+    parser.add_argument("--per-prop", type=int, default=2, help="ACAS Xu instances per property (default 2)")
+    parser.add_argument("--first", type=int, default=10, help="other benchmarks: the first rows (default 10)")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds per instance and method (default 20)")
-    parser.add_argument("--per-prop", type=int, default=2, help="instances per property (default 2)")
-    parser.add_argument("--props", default="1,2,3,4,5,6,7,8,9,10", help="properties (default all ten)")
-    args = parser.parse_args()
-    if not VERDICTS.exists():
-        print(f"[skip] {VERDICTS} not found")
+    parser.add_argument("--official", action="store_true", help="the instances CSV's own timeouts")
+    parser.add_argument("--methods", default="bab,milp", help="comma-separated: bab, milp, auto (default bab,milp)")
+    parser.add_argument("--out", default=".bench/bab_results.csv", help="results CSV (appended; resumable)")
+    parser.add_argument("--peer", default=None, help="α,β-CROWN results CSV to compare with")
+    parser.add_argument("--report", action="store_true", help="only summarize --out (and --peer)")
+    args = parser.parse_args(argv)
+    verdict_table = SHARED / "vnncomp2021_results" / BENCHMARKS[args.benchmark][2]
+    if not verdict_table.exists():
+        print(f"[skip] {verdict_table} not found")
         return
-    torch.set_num_threads(1)
-    with open(VERDICTS, newline="") as f:
-        known = {row["instance"]: row["consensus"] for row in csv.DictReader(f)}
-    rows = pick(args.per_prop, [int(p) for p in args.props.split(",")])
-    print(f"ACAS Xu: {len(rows)} instances, timeout {args.timeout:g} s per method, 1 torch thread; "
-          "load average %.1f / %.1f / %.1f" % os.getloadavg())
-    tally = {m: {"solved": 0, "timeout": 0, "wrong": 0, "skipped": 0, "seconds": 0.0} for m in METHODS}
-    for onnx, vnnlib, _ in rows:
-        name = f"{Path(onnx).stem}-{Path(vnnlib).stem}"
-        truth = known.get(name)
-        line = f"{name:42s} known {str(truth):6s}"
-        for method in METHODS:
-            tic = time.perf_counter()
-            try:
-                result = run_instance(FOLDER / onnx, FOLDER / vnnlib, args.timeout, method)["result"]
-            except ValueError as err:  # e.g. an input disjunction the reader does not take yet
-                result, kind = "skipped", "skipped"
-                print(f"  [{method}] {str(err).splitlines()[0][:100]}")
-            seconds = time.perf_counter() - tic
-            if result != "skipped":
-                kind = ("timeout" if result not in ("sat", "unsat") else "solved" if result == truth or truth not in
-                        ("sat", "unsat") else "wrong")
-            tally[method][kind] += 1
-            tally[method]["seconds"] += seconds
-            line += f" | {method} {result:7s} {seconds:6.2f} s"
-        print(line, flush=True)
-    for method, t in tally.items():
-        print(f"{method:5s} solved {t['solved']}, timeout/unknown {t['timeout']}, wrong {t['wrong']}, skipped "
-              f"{t['skipped']}; {t['seconds']:.0f} s in all")
+    known = verdicts(args.benchmark)
+    if not args.report:
+        torch.set_num_threads(1)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        run(args, instances(args.benchmark, args.all, args.per_prop, args.first), known)
+    report(args, known)
 
 
 if __name__ == "__main__":
