@@ -178,8 +178,10 @@ class Search:
 
 def run(search, strategy, batch_size):
     """Branch and bound until decided, out of time or out of domains; returns the status ("optimal": decided,
-    "time_limit": stopped early, the bound still sound; "error": a leaf could not be settled)."""
+    "time_limit": stopped early, the bound still sound; "error": a leaf could not be settled). Near the time limit
+    a step takes only the domains that the last step's seconds per domain say fit in the time left."""
     strategy.root(search)
+    rate = None  # seconds per domain of the last step
     while True:
         if search.falsified():
             return search.finish("optimal")
@@ -189,6 +191,13 @@ def run(search, strategy, batch_size):
         left = search.left()
         if (left is not None and left <= 0) or len(search.domains) + batch_size > search.max_domains:
             return search.finish("time_limit")
-        lower, fields = search.domains.pop(max(1, batch_size // 2), threshold)
+        count = max(1, batch_size // 2)
+        if left is not None and rate is not None:
+            count = min(count, int(left / rate))
+            if count < 1:
+                return search.finish("time_limit")
+        tic = time.perf_counter()
+        lower, fields = search.domains.pop(count, threshold)
         if len(lower):
             strategy.expand(search, lower, fields)
+            rate = (time.perf_counter() - tic) / len(lower)
