@@ -211,3 +211,39 @@ def test_a_conjunction_is_refuted_by_a_combination_of_its_rows():
         assert report["result"] == ("unsat" if refuted else "unknown"), method
         assert (report["disjunct_lower"][0] > 0) == refuted
     assert 0 < report["disjunct_lower"][0] <= 0.3 + 1e-9  # at most the true minimum, 0.3 at x = 0.5
+
+
+def _general_case(seed):
+    """A random small net (MLP or conv, verify_helpers.random_net) and a property on a box in [0, 1] with 1-3
+    disjuncts of 1-3 rows each, offsets drawn so that both verdicts occur."""
+    from verify_helpers import random_net
+
+    model, shape, k = random_net(seed)
+    model.input_shape = shape  # as robustopt.onnx.load sets it: witnesses are replayed in this shape
+    rng = np.random.default_rng(500 + seed)
+    centre = rng.uniform(0.2, 0.8, size=int(np.prod(shape)))
+    radius = rng.uniform(0.03, 0.2)
+    disjuncts = [(rng.normal(size=(m, k)), rng.normal(size=m) * 2 - 1.5) for m in rng.integers(1, 4, size=rng.integers(1, 4))]
+    return model, shape, Property(np.clip(centre - radius, 0, 1), np.clip(centre + radius, 0, 1), disjuncts, k)
+
+
+def _bab_equals_milp(seed):
+    model, _, prop = _general_case(seed)
+    got = {m: verify_property(model, prop, method=m, time_limit=None, attack=False) for m in ("bab", "milp")}
+    for report in got.values():
+        _check_report(model, prop, report)
+    assert got["bab"]["result"] == got["milp"]["result"] in ("sat", "unsat"), seed
+    return got["bab"]["result"]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_bab_verdicts_equal_the_milp_on_general_properties(seed):
+    """Disjunctions of conjunctions on random MLPs and conv nets, attacks off (the complete stage decides): branch
+    and bound (input splitting below 21 free inputs, ReLU splitting above) and the MILP give the same verdict."""
+    _bab_equals_milp(seed)
+
+
+@pytest.mark.slow
+def test_bab_verdicts_equal_the_milp_on_general_properties_sweep():
+    verdicts = [_bab_equals_milp(seed) for seed in range(12, 312)]
+    assert verdicts.count("sat") > 50 and verdicts.count("unsat") > 50, verdicts.count("sat")
