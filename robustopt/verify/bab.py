@@ -7,9 +7,9 @@ every row is above the threshold are closed, the others are split further, best 
 - ``split="relu"`` (:mod:`.bab_relu`): fix one unstable neuron active / inactive, chosen by BaBSR's intercept
   score (:mod:`.branching`); children bounded by beta-CROWN warm-started from their parent; leaves (no unstable
   neuron left) settled by a linear program whose duals give a bound checked in float64. Complete.
-- ``split="input"`` (:mod:`.bab_input`): halve the box along the coordinate with the largest
-  :math:`|A_j| \cdot` width in the linear bound; l_inf only. Decides every row whose minimum is not exactly at the
-  threshold.
+- ``split="input"`` (:mod:`.bab_input`): halve the box along its widest coordinate (or, ``branching="babsr"``,
+  the one with the largest :math:`|A_j| \cdot` width in the linear bound); l_inf only. Decides every row whose
+  minimum is not exactly at the threshold.
 - ``split="auto"``: input splitting for a decision (``stop_at`` given) when the ball is l_inf and at most
   :data:`INPUT_SPLIT_DIMENSIONS` coordinates can move (its box has lower < upper there), else ReLU splitting
   (without ``stop_at`` the bound must reach the exact minimum, which only the leaves' LPs give quickly: input
@@ -22,10 +22,12 @@ runs until each row's bound is within a relative 1e-6 of the best value found (t
 best per row is ``Bounds.points`` (n, m, d), NaN where none (the API replays them again).
 
 Options: ``time_limit`` (seconds per example), ``domain_batch`` (domains bounded per step; the API's
-``batch_size`` counts examples), ``steps`` (alpha-/beta-CROWN iterations per bound; 0 is CROWN), both by default per split (:data:`DEFAULTS`: ReLU domains
-carry slopes and multipliers worth optimizing, input boxes are many and cheap; measured on small random nets and
-ACAS Xu), ``max_domains`` (open domains kept; default: what fits in :data:`DOMAIN_MEMORY` bytes), ``branching``
-("babsr" or "widest"), ``split``, ``stop_at``, ``progress`` (a tqdm bar: domains bounded and open, global lower
+``batch_size`` counts examples), ``steps`` (alpha-/beta-CROWN iterations per bound; 0 is CROWN) and ``branching``
+("babsr" or "widest"), all three by default per split (:data:`DEFAULTS`: ReLU domains carry slopes and
+multipliers worth optimizing, input boxes are many and cheap; on ACAS Xu the widest coordinate decided 4 of 7
+hard instances in 20 s where BaBSR's input score decided none: it keeps splitting coordinates whose share of the
+linear bound is large but whose halves bound no better), ``max_domains`` (open domains kept; default: what fits
+in :data:`DOMAIN_MEMORY` bytes), ``split``, ``stop_at``, ``progress`` (a tqdm bar: domains bounded and open, global lower
 bound, best value). Out of time or of domains, the bound so far is returned (still
 sound) with status "time_limit" (``certify``: unknown); "optimal" when decided; "error" when a leaf could not be
 settled (solver failure, or a tie within rounding). ``upper`` (``compute_upper=True``): the root's alpha-CROWN
@@ -60,7 +62,8 @@ TAKES_STOP_AT = True
 TAKES_SPLITS = False
 SPLITS = ("auto", "relu", "input")
 INPUT_SPLIT_DIMENSIONS = 20
-DEFAULTS = {"relu": {"domain_batch": 64, "steps": 10}, "input": {"domain_batch": 512, "steps": 5}}
+DEFAULTS = {"relu": {"domain_batch": 64, "steps": 10, "branching": "babsr"},
+            "input": {"domain_batch": 512, "steps": 5, "branching": "widest"}}
 DOMAIN_MEMORY = 1 << 30  # bytes of open domains by default (max_domains=None)
 
 
@@ -100,7 +103,7 @@ def _max_domains(net, max_domains, mode):
 
 
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, time_limit=None,
-           stop_at=None, domain_batch=None, max_domains=None, branching="babsr", split="auto", steps=None,
+           stop_at=None, domain_batch=None, max_domains=None, branching=None, split="auto", steps=None,
            progress=False) -> Bounds:
     """Branch-and-bound lower bounds on every output row of ``net`` over the ball (see the module docstring)."""
     time_limit, stop_at = check_time_limit(time_limit), check_stop_at(stop_at)
@@ -110,7 +113,8 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
         steps = check_positive_int(steps, "steps", minimum=0)
     if max_domains is not None:
         max_domains = check_positive_int(max_domains, "max_domains")
-    check_choice(branching, BRANCHING, "branching")
+    if branching is not None:
+        check_choice(branching, BRANCHING, "branching")
     check_choice(split, SPLITS, "split")
     if not isinstance(progress, bool):
         raise ValueError(f"progress must be True or False; got {progress!r}")
@@ -127,7 +131,7 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
         default = DEFAULTS[mode]
         strategy = (InputSplit if mode == "input" else ReluSplit)(
             example_net, centre, example_ball, steps=default["steps"] if steps is None else steps,
-            branching=branching, compute_upper=compute_upper,
+            branching=default["branching"] if branching is None else branching, compute_upper=compute_upper,
             intermediate=None if intermediate is None else [(lo[i:i + 1], hi[i:i + 1]) for lo, hi in intermediate])
         search = Search(example_net, centre, example_ball, stop_at, None if time_limit is None else tic + time_limit,
                         _max_domains(example_net, max_domains, mode), progress)
