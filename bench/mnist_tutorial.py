@@ -9,7 +9,8 @@ or ``mlp_standard``, ``mlp_pgd`` (its two-layer MLP, 784-200-10). ℓ∞, ε = 0
 checkpoint per epoch (an interrupted run started again resumes from the last one), then
 ``OUT/MODEL.pt`` and ``OUT/MODEL.json`` (the history: loss, accuracy, ε and learning rate per epoch, seconds);
 ``evaluate`` writes ``OUT/MODEL.eval.json`` (clean, PGD-40, ensemble-attack and certified error per method, with
-their seconds); ``table`` prints the README table against the tutorial's figures. OUT defaults to ``.bench/mnist``.
+their seconds; each example's certificate is journaled in ``OUT/MODEL.METHOD.jsonl`` as it is found, so an
+interrupted evaluation started again computes only the rest, and the seconds then count this run's share); ``table`` prints the README table against the tutorial's figures. OUT defaults to ``.bench/mnist``.
 
 Recipes (the tutorial's, except where noted):
 
@@ -135,7 +136,7 @@ def run_evaluate(args):
                 continue
             tic = time.time()
             res = certify(model, X[:n], y[:n], EPS, method=method, time_limit=limit, progress=args.progress,
-                          attack=method == "bab")
+                          attack=method == "bab", out=out / f"{name}.{method}.jsonl", resume=True)
             report["seconds"][method] = time.time() - tic
             report["error"][method], report["n_by"][method] = _error(res.certified_accuracy), n
             report.setdefault("counts", {})[method] = res.counts
