@@ -118,23 +118,23 @@ STENCIL_ENTRIES = 1 << 22  # largest window-to-window matrix formed (else conv_t
 
 
 def _transpose_windows(op, flat, size):
-    """W^T of convolution ``op`` on windows: ``flat`` (n, R, C_out*h*w) -> ((n, R, C_in*h'*w'), (h', w')).
+    """W^T of convolution ``op`` on windows: ``flat`` (n, R, C_out*h*w) of size ``size`` = (h, w) ->
+    (n, R, C_in*h'*w'), the windows' preimages (h' = (h - 1) s + k).
     The map between a window and its preimage is the same for every window: a small matrix (the
     convolution restricted to the window, built by ``conv_transpose2d`` of one-hot windows and cached on the
     operator), so the step is one matrix product; above STENCIL_ENTRIES, ``conv_transpose2d`` of the windows."""
     (kh, kw), (sy, sx) = op.weight.shape[-2:], op.stride
-    out = ((size[0] - 1) * sy + kh, (size[1] - 1) * sx + kw)
-    d_in, d_out = flat.shape[-1], op.weight.shape[1] * out[0] * out[1]
+    d_in, d_out = flat.shape[-1], op.weight.shape[1] * ((size[0] - 1) * sy + kh) * ((size[1] - 1) * sx + kw)
     if d_in * d_out > STENCIL_ENTRIES:
         n, rows = flat.shape[:2]
         windows = F.conv_transpose2d(flat.reshape(n * rows, op.out_shape[0], *size), op.weight, None, op.stride)
-        return windows.reshape(n, rows, -1), out
+        return windows.reshape(n, rows, -1)
     cache = {} if op.weight.requires_grad else op.__dict__.setdefault("_stencils", {})  # no stale graphs
     key = (size, op.weight.dtype, op.weight.device)
     if key not in cache:
         eye = torch.eye(d_in, dtype=op.weight.dtype, device=op.weight.device).view(d_in, op.out_shape[0], *size)
         cache[key] = F.conv_transpose2d(eye, op.weight, None, op.stride).flatten(1)
-    return flat @ cache[key], out
+    return flat @ cache[key]
 
 
 def _windows(net, k, idx):
@@ -172,7 +172,7 @@ def bound_rows(net, k, idx, relaxations, alphas, x, ball):
     """CROWN bounds (lower, upper), each (n, r), of the neurons ``idx`` of convolution k (see the module
     docstring); ``alphas[m]`` (n, 1 or 2r, h_m) as in :func:`.crown.propagate`, or :class:`WindowSlopes`."""
     op = net.affine[k]
-    channels, out_h, out_w = op.out_shape
+    _, out_h, out_w = op.out_shape
     r = idx.numel()
     c = idx // (out_h * out_w)
     coef = op.weight[c].unsqueeze(0)  # (1, r, C, kh, kw)
@@ -186,7 +186,7 @@ def bound_rows(net, k, idx, relaxations, alphas, x, ball):
         bias = bias + (neg_part * window.gather(relax.upper_intercept)).sum(-1)
         flat = pos_part * _lower_slopes(relax, alphas[m], window) + neg_part * window.gather(relax.upper_slope)
         bias = bias + (flat * window.gather(inner.bias.view(1, 1, -1))).sum(-1)
-        coef, _ = _transpose_windows(inner, flat, window.size)
+        coef = _transpose_windows(inner, flat, window.size)
     lo, hi = ball.box(x)
     centre, radius = at_input.gather(((hi + lo) / 2).unsqueeze(1)), at_input.gather(((hi - lo) / 2).unsqueeze(1))
     flat = coef.flatten(2) if coef.dim() > 3 else coef
