@@ -144,10 +144,11 @@ def report(args, known):
     for method, results in ours.items() if peer else ():
         both = sorted(set(results) & set(peer))
         a, b = tally([results[i] for i in both]), tally([peer[i] for i in both])
+        startless = [solver[i] for i in both if peer[i][2] == "solved"]
         print(f"\n{method} vs α,β-CROWN on the {len(both)} instances both ran: solved {a['solved']} vs {b['solved']}, "
               f"wrong {a['wrong']} vs {b['wrong']}, median s per solved instance {a['median']:.2f} vs "
               f"{b['median']:.2f} (ours ÷ theirs {a['median'] / b['median']:.2f}); theirs without its process "
-              f"start-up: {statistics.median([solver[i] for i in both if peer[i][2] == 'solved'] or [float('nan')]):.2f}")
+              f"start-up: {statistics.median(startless or [float('nan')]):.2f}")
 
 
 def main(argv=None):

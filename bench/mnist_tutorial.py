@@ -10,7 +10,8 @@ checkpoint per epoch (an interrupted run started again resumes from the last one
 ``OUT/MODEL.pt`` and ``OUT/MODEL.json`` (the history: loss, accuracy, ε and learning rate per epoch, seconds);
 ``evaluate`` writes ``OUT/MODEL.eval.json`` (clean, PGD-40, ensemble-attack and certified error per method, with
 their seconds; each example's certificate is journaled in ``OUT/MODEL.METHOD.jsonl`` as it is found, so an
-interrupted evaluation started again computes only the rest, and the seconds then count this run's share); ``table`` prints the README table against the tutorial's figures. OUT defaults to ``.bench/mnist``.
+interrupted evaluation started again computes only the rest, and the seconds then count this run's share);
+``table`` prints the README table against the tutorial's figures. OUT defaults to ``.bench/mnist``.
 
 Recipes (the tutorial's, except where noted):
 

@@ -266,8 +266,8 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
     best, best_params, best_betas, iterations = None, None, None, 0
     with torch.enable_grad():
         for step in range(steps + 1):
-            value, bounds, empty = search_pass(snet, sx, ball, layout, dict(zip(keys, params)), beta_terms(betas), sbase,
-                                               splits, sout)
+            value, bounds, empty = search_pass(snet, sx, ball, layout, dict(zip(keys, params)), beta_terms(betas),
+                                               sbase, splits, sout)
             value_d = value.detach()
             if best is None:
                 best = value_d

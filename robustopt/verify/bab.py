@@ -22,13 +22,13 @@ runs until each row's bound is within a relative 1e-6 of the best value found (t
 best per row is ``Bounds.points`` (n, m, d), NaN where none (the API replays them again).
 
 Options: ``time_limit`` (seconds per example), ``domain_batch`` (domains bounded per step; the API's
-``batch_size`` counts examples), ``steps`` (alpha-/beta-CROWN iterations per bound; 0 is CROWN) and ``branching``
-("babsr" or "widest"), all three by default per split (:data:`DEFAULTS`: ReLU domains carry slopes and
-multipliers worth optimizing, input boxes are many and cheap; on ACAS Xu the widest coordinate decided 4 of 7
-hard instances in 20 s where BaBSR's input score decided none: it keeps splitting coordinates whose share of the
-linear bound is large but whose halves bound no better), ``max_domains`` (open domains kept; default: what fits
-in :data:`DOMAIN_MEMORY` bytes), ``split``, ``stop_at``, ``progress`` (a tqdm bar: domains bounded and open, global lower
-bound, best value). Out of time or of domains, the bound so far is returned (still
+``batch_size`` counts examples), ``steps`` (alpha-/beta-CROWN iterations per bound; 0 is CROWN) and
+``branching`` ("babsr" or "widest"), all three by default per split (:data:`DEFAULTS`: ReLU domains carry
+slopes and multipliers worth optimizing, input boxes are many and cheap; on ACAS Xu the widest coordinate decided 4
+of 7 hard instances in 20 s where BaBSR's input score decided none: it keeps splitting coordinates whose share of
+the linear bound is large but whose halves bound no better), ``max_domains`` (open domains kept; default: what
+fits in :data:`DOMAIN_MEMORY` bytes), ``split``, ``stop_at``, ``progress`` (a tqdm bar: domains bounded and open,
+global lower bound, best value). Out of time or of domains, the bound so far is returned (still
 sound) with status "time_limit" (``certify``: unknown); "optimal" when decided; "error" when a leaf could not be
 settled (solver failure, or a tie within rounding). ``upper`` (``compute_upper=True``): the root's alpha-CROWN
 upper bounds, not refined. ``intermediate=`` bounds the root; ``return_intermediate`` returns the root's.

@@ -143,8 +143,8 @@ class _Run:
         (refuted disjuncts are dropped; a replayed point becomes the witness)."""
         from ..verify.api import Problem
 
-        problem = Problem(objective_model(self.model, self.prop, self.open, self.shape), self.x, self.eps, "inf", self.lower,
-                          self.upper)
+        objective = objective_model(self.model, self.prop, self.open, self.shape)
+        problem = Problem(objective, self.x, self.eps, "inf", self.lower, self.upper)
         eye = torch.eye(len(self.open), dtype=torch.float64, device=self.x.device)
         options = {"stop_at": 0.0, "time_limit": None if self.time_limit is None else max(self.left(), 1e-3)}
         res = problem.bounds(eye, method, torch.arange(1, device=self.x.device), options)
@@ -234,9 +234,10 @@ def _verify_union(model, union, method, time_limit, shape, options) -> dict:
         result = "sat"
     elif results.count("unsat") == len(union.parts):
         result = "unsat"
+    elif len(results) == len(union.parts) and "timeout" not in results:
+        result = "unknown"  # every part run, some left undecided by an incomplete method
     else:
-        result = "unknown" if "unknown" in results and len(results) == len(union.parts) and "timeout" not in results \
-            else "timeout"
+        result = "timeout"
     decided = reports[-1] if result == "sat" else None
     lower = [r["disjunct_lower"] for r in reports] + [np.full(len(p.disjuncts), -np.inf)
                                                      for p in union.parts[len(reports):]]
