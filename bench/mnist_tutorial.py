@@ -24,6 +24,11 @@ Recipes (the tutorial's, except where noted):
   epoch 20 (stability of the bound loss; not tuned).
 - ``crown_ibp``: Zhang et al.'s CROWN-IBP with their MNIST schedule shape (ε ramp over the first 40% of epochs,
   κ 1 → 0, CROWN weight 1 → 0), 25 epochs, Adam 1e-3, ×0.1 after epoch 20: our stand-in for Wong–Kolter training.
+
+The reference runs (``.bench/mnist``) of ``pgd`` and ``ibp`` were started before checkpoints carried their state and
+were interrupted after epochs 3 and 9; they went on from those weights with the shuffling generator's state
+replayed exactly (seed 0, one permutation per epoch). SGD without momentum has no other state, so ``pgd`` is the
+uninterrupted run; ``ibp`` restarted Adam's moments at epoch 9 (a deviation).
 """
 from __future__ import annotations
 
