@@ -26,8 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _rows(path):
+    """(header, rows) of a JSON-lines journal; a last line cut short (SIGKILL while writing) is not a row, as the
+    journal itself reads it."""
     with open(path) as f:
-        lines = [json.loads(line) for line in f]
+        lines = [json.loads(line) for line in f if line.endswith("\n")]
     return lines[0]["header"], lines[1:]
 
 
