@@ -14,9 +14,10 @@ splitting on ACAS Xu's 5 inputs, ReLU splitting otherwise), ``milp`` (attacks, t
 Results are appended to ``--out`` (one row per instance and method; rows already there are skipped, so an
 interrupted run started again resumes). The summary compares each result with the consensus verdict of the 2021
 tools (``vnncomp2021_results/verdicts_*_2021.csv``): solved (sat / unsat, agreeing), timeout / unknown, **wrong**
-(disagrees: must be 0), and the median and total seconds. ``--peer`` adds α,β-CROWN's results from the CSV its
-runner writes (``benchmark,onnx,vnnlib,timeout,result,seconds,...``; see the closing notes for how it was run) on
-the instances both have: solved counts and the median time per solved instance, ours ÷ theirs. ``--report``
+(disagrees: must be 0), and the median and total seconds. ``--peer`` adds another tool's results (α,β-CROWN's
+here) from a CSV with columns ``benchmark, onnx, vnnlib, result, seconds`` and optionally ``seconds_solver`` (its
+time without process start-up), on the instances both have: solved counts and the median time per solved
+instance, ours ÷ theirs. ``--report``
 prints the summary of ``--out`` (and ``--peer``) without running anything.
 """
 from __future__ import annotations
