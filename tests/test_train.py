@@ -67,6 +67,20 @@ def test_pgd_training_beats_standard_training_under_pgd(digits, standard_and_pgd
     assert scores["pgd"]["pgd_accuracy"] > scores["standard"]["pgd_accuracy"] + 0.2, scores
 
 
+def test_evaluate_reports_the_status_of_a_complete_method(digits, standard_and_pgd):
+    """A complete method's per-example status says "falsified" too (what the example's bracket needs); its
+    certified mask is status == "certified", and nothing an attack broke is certified."""
+    _, _, Xt, yt = digits
+    out = evaluate(standard_and_pgd["standard"], Xt[:12], yt[:12], EPS, pgd_steps=20,
+                   certify_methods=("crown", ("bab", 6)), time_limit=5.0)
+    assert out["status"]["crown"].shape == (12,) and out["status"]["bab"].shape == (6,)
+    for method, status in out["status"].items():
+        assert set(status) <= {"certified", "falsified", "unknown", "timeout"}, (method, set(status))
+        assert (out["certified"][method] == (status == "certified")).all()
+        assert not (out["certified"][method] & ~out["pgd_robust"][:len(status)]).any()
+    assert (out["status"]["bab"] == "falsified").sum() >= 1, out["status"]["bab"]  # standard training: not robust
+
+
 def test_ibp_training_certifies_where_standard_training_does_not(digits, standard_and_pgd):
     X, y, Xt, yt = digits
     model, history = fit("ibp", X, y, epochs=20)

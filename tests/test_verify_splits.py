@@ -10,6 +10,7 @@ from torch import nn
 from robustopt.sets import Ball
 from robustopt.verify import METHODS, network, run_method
 from robustopt.verify.api import margin_spec
+from robustopt.verify.backward import refine
 from split_reference import exact_minimum, interval_bounds
 from verify_helpers import one_thread, random_instance, randomized  # noqa: F401  (fixture)
 
@@ -56,6 +57,11 @@ def test_split_bounds_are_below_the_exact_minimum_over_the_domain(seed, box):
     parent = run_method("crown", net, x, ball, return_intermediate=True).intermediate
     results |= {m + " (parent bounds)": run_method(m, net, x, ball, compute_upper=False, splits=splits,
                                                    intermediate=parent, **o) for m, o in SPLIT_METHODS}
+    # ... or recomputed from a later layer only (any layer is sound; branch and bound: the new split's)
+    results |= {f"{m} (parent bounds, from layer {k})": run_method(m, net, x, ball, compute_upper=False,
+                                                                   splits=splits, intermediate=parent,
+                                                                   recompute_from=k, **o)
+                for m, o in SPLIT_METHODS if m in ("crown", "alpha-crown", "beta-crown") for k in (1, len(parent))}
     for i in range(x.shape[0]):
         for r in range(net.out_features):
             c = np.eye(net.out_features)[r]
@@ -77,6 +83,37 @@ def test_split_bounds_are_below_the_exact_minimum_over_the_domain(seed, box):
         finite = torch.isfinite(lp)
         torch.testing.assert_close(cvx[finite], lp[finite], rtol=0, atol=1e-5)
         assert torch.equal(torch.isinf(cvx), torch.isinf(lp))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 4, 5, 7, 9])
+def test_recomputing_after_the_new_split_only_equals_recomputing_after_the_first(seed, monkeypatch):
+    """Branch and bound's shortcut: a child split on the last ReLU layer, given its parent's bounds (which reflect
+    the older splits), needs no intermediate layer bounded again (``recompute_from``): the same output bounds as
+    re-bounding every layer after the first split one, with no intermediate backward pass."""
+    from robustopt.verify import crown
+
+    net, x, ball = _instance(seed, True)
+    L = len(net.relu_sizes)
+    assert L >= 2
+    gen = torch.Generator().manual_seed(seed)
+    root = run_method("crown", net, x, ball, return_intermediate=True).intermediate
+
+    def split_some(lo, hi, sign):
+        return torch.where((lo < 0) & (hi > 0) & (torch.rand(lo.shape, generator=gen) < 0.5), sign, 0).to(torch.int8)
+
+    splits = [split_some(*root[0], 1)] + [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root[1:]]
+    parent = run_method("crown", net, x, ball, splits=splits, intermediate=root, return_intermediate=True)
+    child = splits[:-1] + [split_some(*parent.intermediate[-1], -1)]
+    assert child[-1].any() and child[0].any()
+    passes = []
+    monkeypatch.setattr(crown, "refine", lambda *a, **k: passes.append(1) or refine(*a, **k))
+    for method, opts in (("crown", {}), ("beta-crown", {"steps": 10, "optimize_intermediate": False})):
+        full, shortcut = (run_method(method, net, x, ball, splits=child, intermediate=parent.intermediate,
+                                     compute_upper=False, **opts, **extra) for extra in ({}, {"recompute_from": L}))
+        torch.testing.assert_close(shortcut.lower, full.lower, rtol=1e-9, atol=1e-9)
+    assert len(passes) == 2 * (L - 1)  # only the full recomputations bounded layers 1..L-1
+    with pytest.raises(ValueError, match="recompute_from"):
+        run_method("crown", net, x, ball, intermediate=root, splits=child, recompute_from=-1)
 
 
 def test_infeasible_domain_is_flagged_not_raised():

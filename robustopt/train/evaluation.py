@@ -42,11 +42,12 @@ def evaluate(model, X, y, eps, norm="inf", lower=0.0, upper=1.0, *, pgd_steps=40
 
     Returns a dict: ``clean_accuracy``, ``pgd_accuracy``, ``n``, ``certified_accuracy`` ({method: value}),
     ``certified_n`` ({method: examples used}), ``seconds`` ({"pgd": ..., method: ...}), and per example (numpy
-    bool): ``pgd_robust`` (n,) and ``certified`` ({method: (n_method,)}). A certified example the attack broke
-    would be a soundness bug: check ``certified[m] <= pgd_robust[:n_m]``.
+    bool): ``pgd_robust`` (n,) and ``certified`` ({method: (n_method,)}), and ``status`` ({method: (n_method,)
+    strings of :func:`~robustopt.verify.certify`}: complete methods also say "falsified"). A certified example
+    the attack broke would be a soundness bug: check ``certified[m] <= pgd_robust[:n_m]``.
     """
     plan = _certify_plan(certify_methods, len(y))
-    out = {"n": len(y), "certified_accuracy": {}, "certified_n": {}, "seconds": {}, "certified": {}}
+    out = {"n": len(y), "certified_accuracy": {}, "certified_n": {}, "seconds": {}, "certified": {}, "status": {}}
     tic = time.perf_counter()
     pgd_steps = check_positive_int(pgd_steps, "pgd_steps", minimum=0)
     attacked = evaluate_robustness(model, X, y, attack="pgd", batch_size=batch_size, progress=progress,
@@ -63,6 +64,7 @@ def evaluate(model, X, y, eps, norm="inf", lower=0.0, upper=1.0, *, pgd_steps=40
         out["certified_accuracy"][method] = result.certified_accuracy
         out["certified_n"][method] = n
         out["certified"][method] = result.status == "certified"
+        out["status"][method] = result.status
         out["seconds"][method] = time.perf_counter() - tic
     return out
 

@@ -30,7 +30,8 @@ the search, :mod:`.crown`). An intermediate layer whose slopes would not fit in 
 (8 GiB, :func:`affordable`; on the tutorial's MNIST CNN a batch of 10 would need 25 GiB) keeps its CROWN
 bounds, listed in ``info["fixed_layers"]``. The search keeps its autograd graph, so it is not chunked.
 ``optimize_intermediate=False`` optimizes the output rows' slopes only: the intermediate bounds are CROWN's (or
-the given ones, recomputed after the first split layer), computed once (what branch and bound uses per domain).
+the given ones, recomputed after the first split layer, or from ``recompute_from``), computed once (what branch
+and bound uses per domain).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
 
 NORMS = ("inf", 2, 1)
 OPTIONS = COMMON_OPTIONS | {"steps", "lr", "lr_decay", "stop_at", "time_limit", "splits", "memory", "alphas",
-                            "search_dtype", "skip_stable", "optimize_intermediate"}
+                            "search_dtype", "skip_stable", "optimize_intermediate", "recompute_from"}
 SOLVER = False
 EXACT = False
 TAKES_TIME_LIMIT = True
@@ -227,20 +228,22 @@ def search_pass(net, x, ball, layout, slopes, beta_terms, base, splits, out):
 
 def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, splits=None,
              memory=None, alphas=None, steps=20, lr=0.5, lr_decay=0.98, stop_at=None, time_limit=None,
-             search_dtype=None, skip_stable=True, optimize_intermediate=True, beta=None) -> Bounds:
+             search_dtype=None, skip_stable=True, optimize_intermediate=True, beta=None,
+             recompute_from=None) -> Bounds:
     """The alpha-CROWN search; ``beta`` (beta-CROWN) is None or a callable ``beta(x, R, alphas) -> (params,
     terms, place)``: multiplier tensors to optimize (kept >= 0; warm-started from ``alphas.betas``), the map
     from them to the signed coefficient terms per ReLU layer, and the map to one entry per ReLU layer
-    (see :mod:`.beta_crown`)."""
+    (see :mod:`.beta_crown`). ``recompute_from``: with ``intermediate``, the first layer bounded again
+    (:func:`~.backward.first_recomputed`)."""
     steps, lr, lr_decay, stop_at, time_limit = check_search_options(steps, lr, lr_decay, stop_at, time_limit,
                                                                      search_dtype)
     if not isinstance(optimize_intermediate, bool):
         raise ValueError(f"optimize_intermediate must be True or False; got {optimize_intermediate!r}")
     deadline = None if time_limit is None else time.perf_counter() + time_limit * len(x)
     base, _, rule, infeasible = crown.intermediate_bounds(net, x, ball, "adaptive", intermediate, splits, memory,
-                                                                skip_stable)
+                                                                skip_stable, recompute_from)
     L, top = len(base), len(net.affine) - 1
-    start = max(1, first_recomputed(intermediate, splits, L))  # layers bounded here (not given), as in CROWN
+    start = max(1, first_recomputed(intermediate, splits, L, recompute_from))  # layers bounded here, as in CROWN
     features = {i: unstable_index(*base[i]) for i in range(L)}
     itemsize = torch.finfo(search_dtype or net.dtype).bits // 8
     candidates = {j: unstable_index(*base[j]) for j in range(start, L)} if optimize_intermediate else {}

@@ -3,8 +3,9 @@ r"""Branch and bound on ReLU splits (Wang et al.'s β-CROWN BaB; the loop is :mo
 A domain is the ball with some neurons fixed active (:math:`z_{kj} \ge 0`) or inactive (:math:`\le 0`)
 (``splits``, :mod:`.backward`). The root is bounded by alpha-CROWN; a step pops the best domains, splits each on
 the neuron its branching score chose when it was bounded (:mod:`.branching`), and bounds the two children by
-beta-CROWN, warm-started from the parent: its pre-activation bounds (``intermediate=``: held up to the first split
-layer, recomputed and intersected after it), its output-row slopes and multipliers (``alphas=``). A child's bound
+beta-CROWN, warm-started from the parent: its pre-activation bounds (``intermediate=``: held up to the layer of
+the new split, recomputed and intersected after it, ``recompute_from=``; the parent's bounds already reflect the
+older splits), its output-row slopes and multipliers (``alphas=``). A child's bound
 is the larger of its own and its parent's (both are valid on the child). Every bounded domain is mined for
 counterexamples: the minimizer of its worst row's linear bound, then a short descent from the most promising ones.
 
@@ -132,19 +133,20 @@ class ReluSplit:
     def expand(self, search, lower, fields):
         """Split each popped domain on its chosen neuron and bound the children."""
         P = len(lower)
-        parent = torch.arange(P, device=lower.device).repeat(2)
-        layer, neuron = locate(self.net, fields["branch"][parent])
+        parents = torch.arange(P, device=lower.device).repeat(2)
+        layer, neuron = locate(self.net, fields["branch"][parents])
         sign = torch.cat([torch.ones(P), -torch.ones(P)]).to(torch.int8)
-        splits = [fields[f"split{k}"][parent].clone() for k in self.layers]
-        for k in self.layers:
-            at = torch.nonzero(layer == k).flatten()
-            splits[k][at, neuron[at]] = sign[at]
-        inter = [(fields[f"lo{k}"][parent], fields[f"hi{k}"][parent]) for k in self.layers]
-        res, slopes, betas = self._bound(search, splits=splits, intermediate=inter, compute_upper=False,
-                                         optimize_intermediate=False,
-                                         slopes=[fields[f"slope{k}"][parent] for k in self.layers],
-                                         betas=[fields[f"beta{k}"][parent] for k in self.layers])
-        self.add(search, torch.maximum(res.lower, lower[parent]), res.intermediate, slopes, betas, splits)
+        for k in layer.unique().tolist():  # children split on layer k: their parents' bounds hold up to it
+            child = torch.nonzero(layer == k).flatten()
+            parent = parents[child]
+            splits = [fields[f"split{j}"][parent].clone() for j in self.layers]
+            splits[k][torch.arange(len(child), device=lower.device), neuron[child]] = sign[child]
+            inter = [(fields[f"lo{j}"][parent], fields[f"hi{j}"][parent]) for j in self.layers]
+            res, slopes, betas = self._bound(search, splits=splits, intermediate=inter, recompute_from=k + 1,
+                                             compute_upper=False, optimize_intermediate=False,
+                                             slopes=[fields[f"slope{j}"][parent] for j in self.layers],
+                                             betas=[fields[f"beta{j}"][parent] for j in self.layers])
+            self.add(search, torch.maximum(res.lower, lower[parent]), res.intermediate, slopes, betas, splits)
 
     def add(self, search, lower, inter, slopes, betas, splits):
         """Mine new domains for counterexamples, choose their branching neurons, settle the leaves, keep the rest."""

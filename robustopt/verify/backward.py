@@ -100,12 +100,17 @@ def apply_split(lo, hi, split, given: bool = False):
     clamped = ((lo > hi) & (split != 0)).any(1)
     return lo, hi, (clamped | empty) if given else clamped
 
-def first_recomputed(intermediate, splits, layers: int) -> int:
-    """The first ReLU layer whose bounds a method computes: 0 without ``intermediate``; with it, the layer
+def first_recomputed(intermediate, splits, layers: int, recompute_from=None) -> int:
+    """The first ReLU layer whose bounds a method computes: 0 without ``intermediate``; with it,
+    ``recompute_from`` if given (any layer is sound: the given bounds hold on the domain), else the layer
     after the first split one (the given bounds hold before it; after it, a bound computed from the
     clamped ones, intersected with the given one, is tighter), or ``layers`` (none) without splits."""
     if intermediate is None:
         return 0
+    if recompute_from is not None:
+        if isinstance(recompute_from, bool) or not isinstance(recompute_from, int) or recompute_from < 0:
+            raise ValueError(f"recompute_from must be a ReLU layer index >= 0 (or None); got {recompute_from!r}")
+        return min(recompute_from, layers)
     split_layers = [k for k, s in enumerate(splits or []) if s is not None and bool(s.any())]
     return split_layers[0] + 1 if split_layers else layers
 

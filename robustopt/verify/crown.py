@@ -16,8 +16,9 @@ becomes :math:`\lambda^+ \alpha + \lambda^- s` on :math:`z_k` (plus :math:`\lamb
 function is minimized exactly over ball ∩ box (:func:`~.methods.minimize_linear`). Every step goes
 through the operator's ``transpose`` (``conv_transpose2d`` for a convolution): no dense matrix is formed.
 
-Intermediate bounds are computed layer by layer, unless given: a bound on neuron j of layer k starts
-from row j of :math:`W_k` (``op.rows``: the transpose of a one-hot row) and runs the same backward
+Intermediate bounds are computed layer by layer, unless given (``intermediate=``; with ``splits``, the layers
+after the first split one are bounded again, or those from ``recompute_from`` on): a bound on neuron j of layer
+k starts from row j of :math:`W_k` (``op.rows``: the transpose of a one-hot row) and runs the same backward
 pass. Only the neurons that one IBP step from the previous layer leaves unstable get a pass, chunked
 under the ``memory`` budget (:mod:`.backward`; ``skip_stable=False`` bounds every neuron); ``splits=``
 clamps each layer's bounds before the next layer is bounded, and flags the domains it proves empty.
@@ -41,7 +42,7 @@ from .ibp import first_layer_bounds, interval_forward
 from .methods import COMMON_OPTIONS, Bounds, minimize_linear
 
 NORMS = ("inf", 2, 1)
-OPTIONS = COMMON_OPTIONS | {"relaxation", "splits", "memory", "skip_stable"}
+OPTIONS = COMMON_OPTIONS | {"relaxation", "splits", "memory", "skip_stable", "recompute_from"}
 SOLVER = False
 EXACT = False
 TAKES_TIME_LIMIT = False
@@ -132,14 +133,14 @@ def reference_bounds(net, k, previous, x, ball, memory=None):
 
 
 def intermediate_bounds(net, x, ball, relaxation="adaptive", intermediate=None, splits=None, memory=None,
-                        skip_stable=True):
+                        skip_stable=True, recompute_from=None):
     """Pre-activation bounds of every ReLU layer (computed with ``relaxation`` unless ``intermediate`` is
-    given), clamped to ``splits``, with their relaxations, fixed-rule lower slopes and the (n,) mask of
-    domains found infeasible."""
+    given; ``recompute_from``: see :func:`~.backward.first_recomputed`), clamped to ``splits``, with their
+    relaxations, fixed-rule lower slopes and the (n,) mask of domains found infeasible."""
     memory, skip_stable = check_memory(memory), check_skip_stable(skip_stable)
     bounds, relaxations, alphas = [], [], []
     infeasible = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    start = first_recomputed(intermediate, splits, len(net.relu_sizes))
+    start = first_recomputed(intermediate, splits, len(net.relu_sizes), recompute_from)
     for k in range(len(net.relu_sizes)):
         given = None if intermediate is None else intermediate[k]
         if k < start:
@@ -175,7 +176,7 @@ def output_bounds(net, relaxations, alphas, x, ball, compute_upper=True, memory=
 
 
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, relaxation="adaptive",
-           splits=None, memory=None, skip_stable=None) -> Bounds:
+           splits=None, memory=None, skip_stable=None, recompute_from=None) -> Bounds:
     """CROWN bounds on the outputs of ``net`` with the given ReLU ``relaxation``."""
     check_choice(relaxation, RELAXATIONS, "relaxation")
     if skip_stable is None:
@@ -184,9 +185,9 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
         from . import alpha_crown
         return alpha_crown.bounds(net, x, ball, compute_upper=compute_upper, intermediate=intermediate,
                                   return_intermediate=return_intermediate, splits=splits, memory=memory,
-                                  skip_stable=skip_stable)
+                                  skip_stable=skip_stable, recompute_from=recompute_from)
     used, relaxations, alphas, infeasible = intermediate_bounds(net, x, ball, relaxation, intermediate, splits, memory,
-                                                                skip_stable)
+                                                                skip_stable, recompute_from)
     lower, upper = output_bounds(net, relaxations, alphas, x, ball, compute_upper, memory)
     lower, upper = finish(lower, upper, infeasible)
     return Bounds(lower=lower, upper=upper, intermediate=used if return_intermediate else None, infeasible=infeasible)
