@@ -135,7 +135,7 @@ class ReluSplit:
         P = len(lower)
         parents = torch.arange(P, device=lower.device).repeat(2)
         layer, neuron = locate(self.net, fields["branch"][parents])
-        sign = torch.cat([torch.ones(P), -torch.ones(P)]).to(torch.int8)
+        sign = torch.cat([torch.ones(P), -torch.ones(P)]).to(device=lower.device, dtype=torch.int8)
         for k in layer.unique().tolist():  # children split on layer k: their parents' bounds hold up to it
             child = torch.nonzero(layer == k).flatten()
             parent = parents[child]
