@@ -11,7 +11,9 @@ checkpoint per epoch (an interrupted run started again resumes from the last one
 ``evaluate`` writes ``OUT/MODEL.eval.json`` (clean, PGD-40, ensemble-attack and certified error per method, with
 their seconds; each example's certificate is journaled in ``OUT/MODEL.METHOD.jsonl`` as it is found, so an
 interrupted evaluation started again computes only the rest, and the seconds then count this run's share);
-``table`` prints the README table against the tutorial's figures. OUT defaults to ``.bench/mnist``.
+``table`` prints the README table against the tutorial's figures. OUT defaults to ``.bench/mnist``. The short
+version (the tutorial's MLP, minutes on CPU) is ``examples/05_mnist_tutorial.py``, which also evaluates any model
+written here (``--model OUT/pgd.pt --arch cnn``).
 
 Recipes (the tutorial's, except where noted):
 
