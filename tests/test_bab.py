@@ -143,6 +143,55 @@ def test_input_split_agrees_with_a_grid(seed, d):
             assert truth <= hidden, (i, truth, hidden)
 
 
+
+def test_input_split_children_keep_their_parents_pre_activation_bounds():
+    """Input-split children start from their parent's pre-activation bounds (their box lies inside it): the
+    bounds stored with the open domains contain the pre-activations of points sampled in each box, lie inside the
+    root's, keep stable every neuron the box's own CROWN bounds prove stable, and are tighter than those somewhere
+    (the parents' bounds were intersected in)."""
+    from robustopt.verify.bab_input import InputSplit, cover
+    from robustopt.verify.bab_search import Search, run
+
+    model = randomized(relu_mlp(3, [32, 32, 32], 3), torch.Generator().manual_seed(1))
+    x = torch.full((1, 3), 0.5, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    net = network(model).with_spec(margin_spec(y, 3)[0])
+    ball = Ball(0.4, "inf", 0.0, 1.0)
+    strategy = InputSplit(net, x, ball, steps=2, branching="widest", compute_upper=False, intermediate=None)
+    search = Search(net, x, ball, None, None, 60, False)
+    assert run(search, strategy, 32) == "time_limit"  # stopped by max_domains: open domains left
+    domains = search.domains
+    assert len(domains) > 20
+    fields = {name: store[:len(domains)] for name, store in zip(domains.names, domains.fields)}
+    lo, hi = fields["lo"], fields["hi"]
+    gen = torch.Generator().manual_seed(0)
+    points = lo + (hi - lo) * torch.rand(50, *lo.shape, generator=gen, dtype=lo.dtype)  # (50, D, d)
+    own = run_method("crown", net, *cover(lo, hi), compute_upper=False, return_intermediate=True).intermediate
+    activation, tighter = points.reshape(-1, 3), 0
+    for k, op in enumerate(net.affine[:-1]):
+        z = op.forward(activation).view(50, len(lo), -1)
+        stored_lo, stored_hi = fields[f"lo{k}"], fields[f"hi{k}"]
+        assert (stored_lo <= z + 1e-9).all() and (z <= stored_hi + 1e-9).all(), k
+        own_active, own_inactive = own[k][0] >= 0, own[k][1] <= 0
+        assert (stored_lo[own_active] >= 0).all() and (stored_hi[own_inactive] <= 0).all(), k
+        root_lo, root_hi = strategy.intermediate[k]
+        assert (stored_lo >= root_lo).all() and (stored_hi <= root_hi).all(), k  # nested, as the boxes are
+        tighter += int((stored_lo > own[k][0] + 1e-6).sum() + (stored_hi < own[k][1] - 1e-6).sum())
+        activation = torch.relu(z).view(-1, z.shape[-1])
+    assert tighter > 0
+
+
+def test_corners_of_boxes():
+    from robustopt.verify.bab_input import corners
+
+    lo = torch.tensor([[0.0, -1.0, 2.0], [5.0, 5.0, 5.0]], dtype=torch.float64)
+    hi = torch.tensor([[1.0, 1.0, 3.0], [6.0, 5.0, 7.0]], dtype=torch.float64)
+    points = corners(lo, hi).view(2, 8, 3)
+    for i in range(2):
+        expected = {tuple(float(v) for v in c) for c in torch.cartesian_prod(*torch.stack([lo[i], hi[i]], 1))}
+        assert {tuple(float(v) for v in p) for p in points[i]} == expected
+
 def _hard_instance():
     gen = torch.Generator().manual_seed(0)
     model = randomized(relu_mlp(20, [48, 48, 48], 10), gen)

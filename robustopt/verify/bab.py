@@ -98,7 +98,7 @@ def _max_domains(net, max_domains, mode):
     if max_domains is not None:
         return max_domains
     m, widths = net.out_features, sum(net.relu_sizes)
-    per_domain = 8 * (m + 2) + (16 * net.in_features if mode == "input" else widths * (1 + 16 + 8 * m))
+    per_domain = 8 * (m + 2) + 16 * widths + (16 * net.in_features if mode == "input" else widths * (1 + 8 * m))
     return max(1, DOMAIN_MEMORY // per_domain)
 
 

@@ -4,8 +4,12 @@ r"""Branch and bound on the input box, for inputs with few free coordinates (Rel
 A domain is a sub-box :math:`[l, u]` of the ball. It is bounded by alpha-CROWN (``steps`` iterations; 0 is CROWN)
 over a slightly larger box (each side moved out by :data:`SLACK` relative to its magnitude, so that rounding in
 the ball's arithmetic can never leave a sliver of the domain unbounded; a bound over a larger set is still a
-bound). A child's bound is the larger of its own and its parent's. Candidates: the box's centre and the minimizer
-of the worst row's linear bound (a corner), then a short descent inside the box from the most promising domains.
+bound). A child's box lies inside its parent's, so the parent's bounds hold on it: its pre-activation bounds are
+computed again and intersected with its parent's (``intermediate=``, ``recompute_from=0``; a neuron the parent
+proved stable needs no backward pass), and its bound is the larger of its own and its parent's. Candidates: the
+box's centre, its corners (up to :data:`CORNER_DIMENSIONS` inputs: cheap, and the linear bounds' minimizers are
+corners), the minimizer of the worst row's linear bound, then a short descent inside the box from the most
+promising domains.
 A step halves each popped box at the middle of the coordinate its score chose (:func:`~.branching.input_choice`).
 
 As the boxes shrink the relaxations become exact (every unstable neuron's interval shrinks to its point), so every
@@ -21,6 +25,14 @@ from .branching import bound_domains, input_choice, linear_pass
 
 SLACK = 1e-12
 DESCENT_STARTS = 4
+CORNER_DIMENSIONS = 6  # up to this many inputs, every corner of every new box is a candidate
+
+
+def corners(lo, hi):
+    """The 2^d corners of each box [lo, hi] (D, d), as (D * 2^d, d)."""
+    d = lo.shape[1]
+    bits = (torch.arange(2 ** d, device=lo.device).unsqueeze(1) >> torch.arange(d, device=lo.device)) & 1
+    return (lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * bits.to(lo)).reshape(-1, d)
 
 
 def cover(lo, hi):
@@ -42,7 +54,7 @@ class InputSplit:
 
     def root(self, search):
         lo, hi = self.ball.box(self.x)
-        self.add(search, lo, hi, None)
+        self.add(search, lo, hi, None, None)
 
     def expand(self, search, lower, fields):
         """Halve each popped box along its chosen coordinate and bound the halves."""
@@ -53,22 +65,26 @@ class InputSplit:
         middle = (fields["lo"][first, j] + fields["hi"][first, j]) / 2
         hi[first, j] = middle
         lo[first + P, j] = middle
-        self.add(search, lo, hi, lower[parent])
+        inter = [(fields[f"lo{k}"][parent], fields[f"hi{k}"][parent]) for k in range(len(self.net.relu_sizes))]
+        self.add(search, lo, hi, lower[parent], inter)
 
-    def add(self, search, lo, hi, parent_lower):
+    def add(self, search, lo, hi, parent_lower, parent_inter):
         """Bound new boxes, mine them for counterexamples, choose their split coordinates, keep the open ones."""
         root = parent_lower is None
         centre, ball = cover(lo, hi)
         left = search.left()
         res, slopes, _ = bound_domains(self.net, centre, ball, steps=self.steps, stop_at=search.stop_at,
                                        compute_upper=root and self.compute_upper,
-                                       intermediate=self.given if root else None,
+                                       intermediate=self.given if root else parent_inter,
+                                       recompute_from=None if root else 0,
                                        optimize_intermediate=root,
                                        time_limit=None if left is None else max(left, 1e-3) / len(lo))
         lower = res.lower if root else torch.maximum(res.lower, parent_lower)
         if root:
             self.upper, self.intermediate = res.upper, res.intermediate
         search.offer(torch.minimum(torch.maximum(centre, lo), hi))
+        if lo.shape[1] <= CORNER_DIMENSIONS:
+            search.offer(corners(lo, hi))
         theta = search.threshold()
         choice = torch.full((len(lower),), -1, dtype=torch.long, device=lower.device)
         alive = torch.nonzero(~(lower > theta).all(1)).flatten()
@@ -88,5 +104,8 @@ class InputSplit:
         search.domains.discard(lower[point])
         search.undecided += int((~(lower[point] > theta).all(1)).sum())
         keep = ~point
-        search.domains.push(lower[keep], theta, lo=lo[keep], hi=hi[keep], branch=choice[keep])
+        layers = {}
+        for k, (a, b) in enumerate(res.intermediate):
+            layers |= {f"lo{k}": a[keep], f"hi{k}": b[keep]}
+        search.domains.push(lower[keep], theta, lo=lo[keep], hi=hi[keep], branch=choice[keep], **layers)
         search.tick(len(lower))
