@@ -108,7 +108,6 @@ TUTORIAL = {  # the tutorial's (and Wong & Kolter's) test errors in %, for the t
     "ibp": {"clean": 5.15, "pgd": 7.79, "ibp": 9.67},
     "crown_ibp": {"clean": 1.8, "pgd": 4.1, "certified": 5.8},
 }
-CERTIFIERS = ("ibp", "crown", "alpha-crown")
 
 
 def _error(accuracy):
