@@ -10,7 +10,7 @@ checkpoint per epoch (an interrupted run started again resumes from the last one
 ``OUT/MODEL.pt`` and ``OUT/MODEL.json`` (the history: loss, accuracy, ε and learning rate per epoch, seconds);
 ``evaluate`` writes ``OUT/MODEL.eval.json`` (clean, PGD-40, ensemble-attack and certified error per method, with
 their seconds and how many images each certifier ran on: they run as a cascade, each on the images still open;
-the attacks' results are kept in ``OUT/MODEL.attacks.json`` and each example's certificate is journaled in
+the attacks' results are kept in ``OUT/MODEL.attacks.json`` (in chunks of 500 images) and each example's certificate is journaled in
 ``OUT/MODEL.METHOD.jsonl`` as it is found, so an interrupted evaluation started again computes only the rest, and
 the seconds then count this run's share);
 ``table`` prints the README table against the tutorial's figures. OUT defaults to ``.bench/mnist``. The short
@@ -110,39 +110,83 @@ TUTORIAL = {  # the tutorial's (and Wong & Kolter's) test errors in %, for the t
 }
 
 
-def _error(accuracy):
-    return None if accuracy is None else 100.0 * (1.0 - accuracy)
+ATTACKS = {"pgd": dict(attack="pgd", steps=40), "ensemble": dict(attack="ensemble")}
 
 
-def _attacks(model, X, y, path, progress):
-    """PGD-40 and the ensemble attack on every image: per attack the error, seconds and the (n,) mask of images it
-    did not break; each cached in ``path`` (JSON) as it finishes, and read back when the file holds the same n."""
+def _attack(label, model, X, y, path, progress, chunk=500):
+    """The attack ``label`` (``ATTACKS``) on every image, in chunks of ``chunk`` images, each cached in ``path``
+    (JSON, keyed by the chunk's first image) as it finishes: an interrupted evaluation redoes only the chunks it
+    had not finished, and a larger ``--n`` reuses the smaller one's. Returns the error, the clean error, the
+    seconds and the (n,) list of images it did not break."""
     from robustopt.attacks import evaluate_robustness
 
     found = json.loads(path.read_text()) if path.exists() else {}
-    if found.get("n") != len(y):
-        found = {"n": len(y)}
-    for label, options in (("pgd", dict(attack="pgd", steps=40)), ("ensemble", dict(attack="ensemble"))):
-        if label in found:
+    if found.get("chunk") != chunk:
+        found = {"chunk": chunk}
+    done = found.setdefault(label, {})
+    for start in range(0, len(y), chunk):
+        if str(start) in done:
             continue
         tic = time.time()
-        res = evaluate_robustness(model, X, y, eps=EPS, seed=0, progress=progress, **options)
-        found[label] = {"seconds": time.time() - tic, "clean_error": _error(res["clean_accuracy"]),
-                        "error": _error(res["robust_accuracy"]), "robust": [int(v) for v in res["robust"]]}
+        res = evaluate_robustness(model, X[start:start + chunk], y[start:start + chunk], eps=EPS, seed=start,
+                                  progress=progress, **ATTACKS[label])
+        correct = int(round(res["clean_accuracy"] * res["n"]))
+        done[str(start)] = {"seconds": time.time() - tic, "clean_correct": correct,
+                            "robust": [int(v) for v in res["robust"]]}
         path.write_text(json.dumps(found))
-    return found
+    parts = [done[str(start)] for start in range(0, len(y), chunk)]
+    if any(len(part["robust"]) != min(chunk, len(y) - start) for part, start in zip(parts, range(0, len(y), chunk))):
+        raise ValueError(f"{path}: a cached chunk of {label} has another length; --n must be a multiple of {chunk}")
+    robust = [v for part in parts for v in part["robust"]]
+    return {"seconds": sum(part["seconds"] for part in parts), "robust": robust,
+            "clean_error": 100.0 * (1 - sum(part["clean_correct"] for part in parts) / len(y)),
+            "error": 100.0 * (1 - sum(robust) / len(y))}
+
+
+def _certify_cascade(name, model, X, y, candidates, args, report):
+    """IBP on every image, CROWN on ``candidates`` (the images PGD-40 did not break), alpha-CROWN on those CROWN
+    leaves open, branch and bound on the first ``--n-complete`` alpha-CROWN leaves open. Fills ``report``;
+    returns the certified mask per method and the mask of images branch and bound falsified."""
+    from robustopt.verify import certify
+
+    n = len(y)
+    certified, falsified = {}, torch.zeros(n, dtype=torch.bool)
+    plan = [("ibp", args.n_certify, torch.ones(n, dtype=torch.bool), None),
+            ("crown", args.n_certify, candidates, None),
+            ("alpha-crown", args.n_certify, candidates, "crown"),
+            ("bab", args.n_complete, candidates, "alpha-crown")]
+    for method, limit, among, after in plan:
+        size = min(limit, n)
+        if size <= 0:
+            continue
+        done = certified[after][:size].clone() if after in certified else torch.zeros(size, dtype=torch.bool)
+        todo = torch.nonzero(among[:size] & ~done).flatten()
+        tic = time.time()
+        res = certify(model, X[todo.numpy()], y[todo.numpy()], EPS, method=method, progress=args.progress,
+                      time_limit=args.time_limit if method == "bab" else None, attack=method == "bab",
+                      out=Path(args.out) / f"{name}.{method}.jsonl", resume=True) if len(todo) else None
+        proved = done.clone()
+        if res is not None:
+            proved[todo] = torch.as_tensor(res.status == "certified")
+            falsified[todo[torch.as_tensor(res.status == "falsified")]] = True
+            report.setdefault("counts", {})[method] = res.counts
+        certified[method] = proved
+        report["seconds"][method] = time.time() - tic
+        report["error"][method] = 100.0 * (1 - float(proved.double().mean()))
+        report["n_by"][method], report["n_run"][method] = size, len(todo)
+    return certified, falsified
 
 
 def run_evaluate(args):
     """Clean, PGD-40, ensemble and certified test error of each trained model (``OUT/MODEL.eval.json``).
 
-    The certifiers run as a cascade, each on the images still open: IBP on every image (a cheap soundness check:
-    it must certify nothing an attack broke), CROWN on every image no attack broke (CROWN is not always tighter
-    than IBP), alpha-CROWN on those CROWN leaves open (its bound is never below CROWN's: it starts from CROWN's
-    slopes and keeps the best), branch and bound on the first ``--n-complete`` alpha-CROWN leaves open. A method's
-    certified error counts the images it or an earlier step of its chain (CROWN, alpha-CROWN) proved."""
-    from robustopt.verify import certify
-
+    Order: PGD-40 on every image; the certifiers as a cascade, each on the images still open (IBP on every image,
+    CROWN on every image PGD-40 did not break: CROWN is not always tighter than IBP; alpha-CROWN on those CROWN
+    leaves open: its bound is never below CROWN's, as it starts from CROWN's slopes and keeps the best; branch and
+    bound on the first ``--n-complete`` alpha-CROWN leaves open); then the ensemble attack, the longest step
+    (about 650 gradient steps per robust image), last. ``OUT/MODEL.eval.json`` is written before the ensemble and
+    again after it. A method's certified error counts the images it or an earlier step of its chain (CROWN,
+    alpha-CROWN) proved. Soundness check: no certifier may prove an image an attack broke."""
     out = Path(args.out)
     for name in args.models.split(","):
         arch, _ = RECIPES[name]
@@ -153,45 +197,30 @@ def run_evaluate(args):
         n = len(y)
         report = {"model": name, "file": str(path), "n": n, "eps": EPS, "threads": torch.get_num_threads(),
                   "seconds": {}, "error": {}, "n_by": {}, "n_run": {}}
-        attacks = _attacks(model, X, y, out / f"{name}.attacks.json", args.progress)
         unbroken = torch.ones(n, dtype=torch.bool)
-        for label in ("pgd", "ensemble"):
-            report["seconds"][label] = attacks[label]["seconds"]
-            report["error"][label], report["n_by"][label] = attacks[label]["error"], n
-            report["error"]["clean"] = attacks[label]["clean_error"]
-            unbroken &= torch.tensor(attacks[label]["robust"], dtype=torch.bool)
-        certified = {}
-        falsified = torch.zeros(n, dtype=torch.bool)
-        plan = [("ibp", args.n_certify, torch.ones(n, dtype=torch.bool), None),
-                ("crown", args.n_certify, unbroken, None),
-                ("alpha-crown", args.n_certify, unbroken, "crown"),
-                ("bab", args.n_complete, unbroken, "alpha-crown")]
-        for method, limit, candidates, after in plan:
-            size = min(limit, n)
-            if size <= 0:
-                continue
-            done = certified[after][:size].clone() if after in certified else torch.zeros(size, dtype=torch.bool)
-            todo = torch.nonzero(candidates[:size] & ~done).flatten()
-            tic = time.time()
-            res = certify(model, X[todo.numpy()], y[todo.numpy()], EPS, method=method, progress=args.progress,
-                          time_limit=args.time_limit if method == "bab" else None, attack=method == "bab",
-                          out=out / f"{name}.{method}.jsonl", resume=True) if len(todo) else None
-            proved = done.clone()
-            if res is not None:
-                proved[todo] = torch.as_tensor(res.status == "certified")
-                falsified[todo[torch.as_tensor(res.status == "falsified")]] = True
-                report.setdefault("counts", {})[method] = res.counts
-            broken = proved & ~unbroken[:size]
-            if broken.any():
-                raise AssertionError(f"{name}: {method} certified {int(broken.sum())} examples an attack broke")
-            certified[method] = proved
-            report["seconds"][method] = time.time() - tic
-            report["error"][method] = 100.0 * (1 - float(proved.double().mean()))
-            report["n_by"][method], report["n_run"][method] = size, len(todo)
-        if "bab" in certified:  # the bracket on the first n: [attack error, certified error]
-            size = report["n_by"]["bab"]
-            report["error"]["bab_attack"] = 100.0 * float((~unbroken[:size] | falsified[:size]).double().mean())
-        (out / f"{name}.eval.json").write_text(json.dumps(report, indent=1))
+
+        def add_attack(label):
+            attack = _attack(label, model, X, y, out / f"{name}.attacks.json", args.progress)
+            report["seconds"][label], report["error"][label], report["n_by"][label] = \
+                attack["seconds"], attack["error"], n
+            report["error"]["clean"] = attack["clean_error"]
+            unbroken.logical_and_(torch.tensor(attack["robust"], dtype=torch.bool))
+
+        def check_and_write(certified, falsified):
+            for method, proved in certified.items():
+                wrong = int((proved & ~unbroken[:len(proved)]).sum())
+                if wrong:
+                    raise AssertionError(f"{name}: {method} certified {wrong} examples an attack broke")
+            if "bab" in certified:  # the bracket on the first n: [attack error, certified error]
+                size = report["n_by"]["bab"]
+                report["error"]["bab_attack"] = 100.0 * float((~unbroken[:size] | falsified[:size]).double().mean())
+            (out / f"{name}.eval.json").write_text(json.dumps(report, indent=1))
+
+        add_attack("pgd")
+        certified, falsified = _certify_cascade(name, model, X, y, unbroken.clone(), args, report)
+        check_and_write(certified, falsified)
+        add_attack("ensemble")
+        check_and_write(certified, falsified)
         print(json.dumps(report))
 
 
