@@ -192,6 +192,68 @@ def test_corners_of_boxes():
         expected = {tuple(float(v) for v in c) for c in torch.cartesian_prod(*torch.stack([lo[i], hi[i]], 1))}
         assert {tuple(float(v) for v in p) for p in points[i]} == expected
 
+def test_refined_layer_bounds_are_exact_minima_when_the_search_ends():
+    """refine_layer's bounds on layer 1 lie inside alpha-CROWN's, are tighter, contain the pre-activations of
+    sampled points, and (its search over this small prefix ends well within the time limit) equal the exact
+    minima of z and -z that the MILP finds."""
+    from robustopt.verify.refine import prefix_network, refine_layer
+
+    gen = torch.Generator().manual_seed(0)
+    model = randomized(relu_mlp(8, [16, 16, 16], 4), gen)
+    x = torch.rand(1, 8, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    net, ball = network(model).with_spec(margin_spec(y, 4)[0]), Ball(0.2, "inf", 0.0, 1.0)
+    inter = run_method("alpha-crown", net, x, ball, compute_upper=False, return_intermediate=True).intermediate
+    refined, stable = refine_layer(net, x, ball, inter, 1, time_limit=60.0)
+    assert all(a is b for a, b in zip(refined[:1] + refined[2:], inter[:1] + inter[2:]))
+    (lo, hi), (old_lo, old_hi) = refined[1], inter[1]
+    assert (lo >= old_lo).all() and (hi <= old_hi).all()
+    assert float((hi - lo).sum()) < float((old_hi - old_lo).sum()) - 1e-3
+    prefix = prefix_network(net, 1)
+    z = prefix(torch.cat([ball.random(x) for _ in range(2000)]))
+    assert (lo <= z + 1e-9).all() and (z <= hi + 1e-9).all()
+    unstable = torch.nonzero((old_lo[0] < 0) & (old_hi[0] > 0)).flatten()
+    eye = torch.eye(lo.shape[1], dtype=x.dtype)[unstable]
+    exact = run_method("milp", prefix.with_spec(torch.cat([eye, -eye])), x, ball, compute_upper=False,
+                       intermediate=inter[:1]).lower[0]
+    u = len(unstable)
+    assert torch.allclose(lo[0, unstable], exact[:u], atol=1e-5) and torch.allclose(-hi[0, unstable], exact[u:], atol=1e-5)
+    assert stable == int((((lo >= 0) | (hi <= 0)) & (old_lo < 0) & (old_hi > 0)).sum())
+
+
+def _refinable_instance():
+    """A 10-24-24-24-4 net and radius that branch and bound proves robust after some tens of domains."""
+    gen = torch.Generator().manual_seed(3)
+    model = randomized(relu_mlp(10, [24, 24, 24], 4), gen)
+    x = torch.rand(1, 10, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y, network(model).with_spec(margin_spec(y, 4)[0]), Ball(0.2, "inf")
+
+
+@pytest.mark.parametrize("refinable", [True, False])
+def test_search_stopped_for_refinement_goes_on(monkeypatch, refinable):
+    """With the first search stopped right after its root, the search starts again from layer-1 bounds refined by
+    branch and bound (tighter than alpha-CROWN's), or, when the layer has too many unstable neurons to refine,
+    the first search goes on; either way it proves what the MILP proves."""
+    from robustopt.verify import bab
+
+    model, x, y, net, ball = _refinable_instance()
+    monkeypatch.setattr(bab, "REFINE_AFTER", 1e-6)
+    if not refinable:
+        monkeypatch.setattr(bab, "MAX_NEURONS", 0)
+    res = run_method("bab", net, x, ball, compute_upper=False, stop_at=0.0, time_limit=20.0, split="relu",
+                     return_intermediate=True)
+    milp = run_method("milp", net, x, ball, compute_upper=False, stop_at=0.0)
+    assert res.status.tolist() == ["optimal"] and bool((res.lower > 0).all()) == bool((milp.lower > 0).all())
+    assert res.info["domains"][0] > 1
+    alpha = run_method("alpha-crown", net, x, ball, compute_upper=False, return_intermediate=True).intermediate
+    (lo, hi), (alpha_lo, alpha_hi) = res.intermediate[1], alpha[1]
+    shrunk = float((alpha_hi - alpha_lo).sum() - (hi - lo).sum())
+    assert (shrunk > 1e-3) == refinable and (res.info["refined"][0] >= 0)
+
+
 def _hard_instance():
     gen = torch.Generator().manual_seed(0)
     model = randomized(relu_mlp(20, [48, 48, 48], 10), gen)
@@ -225,7 +287,7 @@ def test_bad_options_raise():
     model, x, y, net, ball = _hard_instance()
     for options, match in [({"split": "middle"}, "split"), ({"branching": "random"}, "branching"),
                            ({"domain_batch": 1}, "domain_batch"), ({"max_domains": 0}, "max_domains"),
-                           ({"steps": -1}, "steps"), ({"progress": "yes"}, "progress"),
+                           ({"steps": -1}, "steps"), ({"progress": "yes"}, "progress"), ({"refine": 1}, "refine"),
                            ({"time_limit": 0}, "time_limit"), ({"stop_at": float("nan")}, "stop_at"),
                            ({"beam": 3}, "unknown option")]:
         with pytest.raises(ValueError, match=match):

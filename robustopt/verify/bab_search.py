@@ -168,6 +168,11 @@ class Search:
         self.bar.close()
         return status
 
+    def extend(self, deadline):
+        """A later deadline for a search that stopped (see :func:`run`'s ``root``)."""
+        self.deadline = deadline
+        self.bar = tqdm(desc="bab", disable=self.bar.disable, leave=False, initial=self.bounded)
+
     def tick(self, bounded):
         self.bounded += bounded
         self.bar.update(bounded)
@@ -176,11 +181,13 @@ class Search:
             self.bar.set_postfix(domains=len(self.domains), lower=f"{low:.4g}", best=f"{float(self.best.min()):.4g}")
 
 
-def run(search, strategy, batch_size):
+def run(search, strategy, batch_size, root=True):
     """Branch and bound until decided, out of time or out of domains; returns the status ("optimal": decided,
     "time_limit": stopped early, the bound still sound; "error": a leaf could not be settled). Near the time limit
-    a step takes only the domains that the last step's seconds per domain say fit in the time left."""
-    strategy.root(search)
+    a step takes only the domains that the last step's seconds per domain say fit in the time left.
+    ``root=False`` goes on with the domains ``search`` has (after a stop, with a later ``search.deadline``)."""
+    if root:
+        strategy.root(search)
     rate = None  # seconds per domain of the last step
     while True:
         if search.falsified():
