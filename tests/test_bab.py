@@ -234,8 +234,8 @@ def _refinable_instance():
 
 @pytest.mark.parametrize("refinable", [True, False])
 def test_search_stopped_for_refinement_goes_on(monkeypatch, refinable):
-    """With the first search stopped right after its root, the search starts again from layer-1 bounds refined by
-    branch and bound (tighter than alpha-CROWN's), or, when the layer has too many unstable neurons to refine,
+    """With the first search stopped right after its root, the search starts again from pre-activation bounds
+    refined by branch and bound (layer 1's tighter than alpha-CROWN's; all of them hold on sampled points), or, when the layer has too many unstable neurons to refine,
     the first search goes on; either way it proves what the MILP proves."""
     from robustopt.verify import bab
 
@@ -248,6 +248,9 @@ def test_search_stopped_for_refinement_goes_on(monkeypatch, refinable):
     milp = run_method("milp", net, x, ball, compute_upper=False, stop_at=0.0)
     assert res.status.tolist() == ["optimal"] and bool((res.lower > 0).all()) == bool((milp.lower > 0).all())
     assert res.info["domains"][0] > 1
+    points = torch.cat([ball.random(x) for _ in range(500)])
+    for (lo, hi), z in zip(res.intermediate, net.pre_activations(points)):  # every layer's bounds hold
+        assert (lo <= z + 1e-9).all() and (z <= hi + 1e-9).all()
     alpha = run_method("alpha-crown", net, x, ball, compute_upper=False, return_intermediate=True).intermediate
     (lo, hi), (alpha_lo, alpha_hi) = res.intermediate[1], alpha[1]
     shrunk = float((alpha_hi - alpha_lo).sum() - (hi - lo).sum())

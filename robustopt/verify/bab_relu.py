@@ -112,9 +112,9 @@ def settle_leaf(net, x, ball, active, splits, rows):
 class ReluSplit:
     """The ReLU-split strategy for :func:`~.bab_search.run` (``root`` and ``expand``)."""
 
-    def __init__(self, net, x, ball, *, steps, branching, compute_upper, intermediate, recompute_from=None):
+    def __init__(self, net, x, ball, *, steps, branching, compute_upper, intermediate):
         self.net, self.x, self.ball, self.steps, self.branching = net, x, ball, steps, branching
-        self.compute_upper, self.given, self.recompute_from = compute_upper, intermediate, recompute_from
+        self.compute_upper, self.given = compute_upper, intermediate
         self.upper = self.intermediate = None
         self.layers = range(len(net.relu_sizes))
 
@@ -125,8 +125,7 @@ class ReluSplit:
                              time_limit=None if left is None else max(left, 1e-3) / n, **kw)
 
     def root(self, search):
-        res, slopes, betas = self._bound(search, intermediate=self.given, compute_upper=self.compute_upper,
-                                         recompute_from=self.recompute_from)
+        res, slopes, betas = self._bound(search, intermediate=self.given, compute_upper=self.compute_upper)
         self.upper, self.intermediate = res.upper, res.intermediate
         splits = [torch.zeros(1, h, dtype=torch.int8, device=self.x.device) for h in self.net.relu_sizes]
         self.add(search, res.lower, res.intermediate, slopes, betas, splits)
