@@ -63,10 +63,11 @@ def refine_layer(net: Network, x: torch.Tensor, ball, intermediate, layer: int, 
     return refined, int(((lo[unstable] >= 0) | (hi[unstable] <= 0)).sum())
 
 
-def refine_layers(net: Network, x: torch.Tensor, ball, intermediate, time_limit: float):
+def refine_layers(net: Network, x: torch.Tensor, ball, intermediate, time_limit: float, stop_at=None):
     """:func:`refine_layer` on ReLU layers 1, 2, ... in turn (those with 1 to :data:`MAX_NEURONS` unstable
     neurons), the time left shared equally by the layers left; after each, the later layers are bounded again by
-    alpha-CROWN from the refined ones (and intersected with theirs). Returns (the new list, neurons made stable)."""
+    alpha-CROWN from the refined ones (and intersected with theirs), and with ``stop_at`` the refinement ends once
+    that pass proves every output row above it. Returns (the new list, neurons made stable)."""
     from .methods import run_method
 
     deadline, stable = time.perf_counter() + time_limit, 0
@@ -79,7 +80,9 @@ def refine_layers(net: Network, x: torch.Tensor, ball, intermediate, time_limit:
             continue
         intermediate, made = refine_layer(net, x, ball, intermediate, layer, left / (len(layers) - done))
         stable += made
-        if layer + 1 < len(intermediate):
-            intermediate = run_method("alpha-crown", net, x, ball, compute_upper=False, intermediate=intermediate,
-                                      recompute_from=layer + 1, return_intermediate=True).intermediate
+        res = run_method("alpha-crown", net, x, ball, compute_upper=False, intermediate=intermediate,
+                         recompute_from=layer + 1, return_intermediate=True)
+        intermediate = res.intermediate
+        if stop_at is not None and bool((res.lower > stop_at).all()):
+            break
     return intermediate, stable
