@@ -27,11 +27,12 @@ Options: ``time_limit`` (seconds per example), ``domain_batch`` (domains bounded
 slopes and multipliers worth optimizing, input boxes are many and cheap; on ACAS Xu the widest coordinate decided 4
 of 7 hard instances in 20 s where BaBSR's input score decided none: it keeps splitting coordinates whose share of
 the linear bound is large but whose halves bound no better), ``max_domains`` (open domains kept; default: what
-fits in :data:`DOMAIN_MEMORY` bytes), ``split``, ``stop_at``, ``progress`` (a tqdm bar: domains bounded and open,
-global lower bound, best value), ``refine`` (default True; see below). Out of time or of domains, the bound so far is returned (still
-sound) with status "time_limit" (``certify``: unknown); "optimal" when decided; "error" when a leaf could not be
-settled (solver failure, or a tie within rounding). ``upper`` (``compute_upper=True``): the root's alpha-CROWN
-upper bounds, not refined. ``intermediate=`` bounds the root; ``return_intermediate`` returns the root's.
+fits in :data:`DOMAIN_MEMORY` bytes), ``split``, ``stop_at``, ``refine`` (default True; see below), ``progress``
+(a tqdm bar: domains bounded and open, global lower bound, best value). Out of time or of domains, the bound so
+far is returned (still sound) with status "time_limit" (``certify``: unknown); "optimal" when decided; "error"
+when a leaf could not be settled (solver failure, or a tie within rounding). ``upper`` (``compute_upper=True``):
+the root's alpha-CROWN upper bounds, not refined. ``intermediate=`` bounds the root; ``return_intermediate``
+returns the root's.
 ``info`` (lists, one entry per example): domains bounded, domains still open, undecided leaves, seconds, the
 split used, the neurons made stable by refinement.
 
@@ -40,9 +41,9 @@ within :data:`REFINE_AFTER` of the time limit stops; the pre-activation bounds o
 tightened in turn by branch and bound on the network cut there, for :data:`REFINE_SHARE` of the time limit in all
 (:func:`~.refine.refine_layers`: proven bounds; it ends early once alpha-CROWN with them decides), and the search
 starts again from a root bounded with them, keeping the counterexample candidates it had. α,β-CROWN does the same
-with a MIP solver's claimed bounds. On VNN-COMP 2021 mnistfc (``bench/bab.py``) it decided 7 of the first 15 instances
-that plain search had not in 300 s (256x2: 120 s), e.g. 256x4 prop_0 in 83 s and prop_3 in 193 s (α,β-CROWN on
-this machine: 101 s and 212 s).
+with a MIP solver's claimed bounds. On VNN-COMP 2021 mnistfc (``bench/bab.py``) it decided 7 of the first 15
+instances that plain search had not in 300 s (256x2: 120 s), e.g. 256x4 prop_0 in 83 s and prop_3 in 193 s
+(α,β-CROWN on this machine: 101 s and 212 s).
 """
 from __future__ import annotations
 
@@ -159,7 +160,8 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
         status[i] = run(search, strategy, batch)
         bounded, stable = search.bounded, 0
         if refining and status[i] == "time_limit":
-            if any(0 < unstable_count(strategy.intermediate, k) <= MAX_NEURONS for k in range(1, len(example_net.relu_sizes))):
+            layers = range(1, len(example_net.relu_sizes))
+            if any(0 < unstable_count(strategy.intermediate, k) <= MAX_NEURONS for k in layers):
                 refined, stable = refine_layers(example_net, centre, example_ball, strategy.intermediate,
                                                 REFINE_SHARE * time_limit, stop_at)
                 found = search.points[torch.isfinite(search.points).all(1)]

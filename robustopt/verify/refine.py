@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from .methods import run_method
 from .network import Network
 
 MAX_NEURONS = 256  # refine a layer only with at most this many unstable neurons (two rows each)
@@ -68,8 +69,6 @@ def refine_layers(net: Network, x: torch.Tensor, ball, intermediate, time_limit:
     neurons), the time left shared equally by the layers left; after each, the later layers are bounded again by
     alpha-CROWN from the refined ones (and intersected with theirs), and with ``stop_at`` the refinement ends once
     that pass proves every output row above it. Returns (the new list, neurons made stable)."""
-    from .methods import run_method
-
     deadline, stable = time.perf_counter() + time_limit, 0
     layers = range(1, len(intermediate))
     for done, layer in enumerate(layers):
