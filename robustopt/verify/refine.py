@@ -3,7 +3,7 @@ r"""Pre-activation bounds of a ReLU layer tightened by branch and bound on the l
 The bounds of layer k's pre-activations :math:`z_j` are the minima of :math:`z_j` and :math:`-z_j` over the ball:
 output rows of the network cut after layer k. alpha-CROWN bounds them through the relaxations of layers < k;
 :func:`refine_layer` lifts them by ReLU-split branch and bound (:mod:`.bab`) on that prefix network, a search per
-row (:math:`z_j` and :math:`-z_j` of each unstable neuron) sharing a fixed time equally. Every value it returns is
+row (:math:`z_j` and :math:`-z_j` of each unstable neuron, the nearest to stable first) sharing a fixed time. Every value it returns is
 a proven lower bound of bab (the minimum over its domains), so the tightened bounds hold on the whole ball; a
 neuron whose new bounds exclude 0 is stable. :func:`refine_layers` does layers 1, 2, ... in turn. This is
 α,β-CROWN's "MIP refinement" of intermediate bounds, with our own bounds in place of a MIP solver's claims.
@@ -51,11 +51,18 @@ def refine_layer(net: Network, x: torch.Tensor, ball, intermediate, layer: int, 
     if len(unstable) == 0:
         return list(intermediate), 0
     eye = torch.eye(lo.numel(), dtype=net.dtype, device=x.device)[unstable]
-    spec = torch.cat([eye, -eye]).unsqueeze(1)  # a search per row: (2u, 1, h_k)
-    rows = len(spec)
-    found = bab_bounds(prefix_network(net, layer).with_spec(spec), x.expand(rows, -1), ball, compute_upper=False,
-                       intermediate=[(a.expand(rows, -1), b.expand(rows, -1)) for a, b in intermediate[:layer]],
-                       time_limit=time_limit / rows, split="relu", refine=False).lower[:, 0]
+    spec = torch.cat([eye, -eye])  # rows z_j, then -z_j
+    width = (hi - lo)[unstable]
+    order = torch.cat([-lo[unstable] / width, hi[unstable] / width]).argsort()  # the nearest to stable first
+    prefix, deadline = prefix_network(net, layer), time.perf_counter() + time_limit
+    found = spec.new_full((len(spec),), float("-inf"))
+    for done, r in enumerate(order.tolist()):  # a search per row, sharing the time left
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            break
+        found[r] = bab_bounds(prefix.with_spec(spec[r:r + 1]), x, ball, compute_upper=False,
+                              intermediate=intermediate[:layer], time_limit=left / (len(order) - done),
+                              split="relu", refine=False).lower[0, 0]
     u = len(unstable)
     lo[unstable] = torch.maximum(lo[unstable], found[:u])
     hi[unstable] = torch.minimum(hi[unstable], -found[u:])
