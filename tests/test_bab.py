@@ -192,18 +192,25 @@ def test_corners_of_boxes():
         expected = {tuple(float(v) for v in c) for c in torch.cartesian_prod(*torch.stack([lo[i], hi[i]], 1))}
         assert {tuple(float(v) for v in p) for p in points[i]} == expected
 
+def _mlp_instance(seed, d, widths, k, ball):
+    """(model, x (1, d), its label y, the net with the margin rows folded in, ball): a random d-widths-k MLP
+    (:func:`randomized`) and a random point, both seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    model = randomized(relu_mlp(d, widths, k), gen)
+    x = torch.rand(1, d, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    net = network(model).with_spec(margin_spec(y, k)[0])  # shared rows: the net replays any batch
+    return model, x, y, net, ball
+
+
 def test_refined_layer_bounds_are_exact_minima_when_the_search_ends():
     """refine_layer's bounds on layer 1 lie inside alpha-CROWN's, are tighter, contain the pre-activations of
     sampled points, and (its search over this small prefix ends well within the time limit) equal the exact
     minima of z and -z that the MILP finds."""
     from robustopt.verify.refine import prefix_network, refine_layer
 
-    gen = torch.Generator().manual_seed(0)
-    model = randomized(relu_mlp(8, [16, 16, 16], 4), gen)
-    x = torch.rand(1, 8, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    net, ball = network(model).with_spec(margin_spec(y, 4)[0]), Ball(0.2, "inf", 0.0, 1.0)
+    model, x, y, net, ball = _mlp_instance(0, 8, [16, 16, 16], 4, Ball(0.2, "inf", 0.0, 1.0))
     inter = run_method("alpha-crown", net, x, ball, compute_upper=False, return_intermediate=True).intermediate
     refined, stable = refine_layer(net, x, ball, inter, 1, time_limit=60.0)
     assert all(a is b for a, b in zip(refined[:1] + refined[2:], inter[:1] + inter[2:]))
@@ -223,16 +230,6 @@ def test_refined_layer_bounds_are_exact_minima_when_the_search_ends():
     assert stable == int((((lo >= 0) | (hi <= 0)) & (old_lo < 0) & (old_hi > 0)).sum())
 
 
-def _refinable_instance():
-    """A 10-24-24-24-4 net and radius that branch and bound proves robust after some tens of domains."""
-    gen = torch.Generator().manual_seed(3)
-    model = randomized(relu_mlp(10, [24, 24, 24], 4), gen)
-    x = torch.rand(1, 10, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y, network(model).with_spec(margin_spec(y, 4)[0]), Ball(0.2, "inf")
-
-
 @pytest.mark.parametrize("refinable", [True, False])
 def test_search_stopped_for_refinement_goes_on(monkeypatch, refinable):
     """With the first search stopped right after its root, the search starts again from pre-activation bounds
@@ -241,7 +238,8 @@ def test_search_stopped_for_refinement_goes_on(monkeypatch, refinable):
     the MILP proves."""
     from robustopt.verify import bab
 
-    model, x, y, net, ball = _refinable_instance()
+    # a net and radius that branch and bound proves robust after some tens of domains
+    model, x, y, net, ball = _mlp_instance(3, 10, [24, 24, 24], 4, Ball(0.2, "inf"))
     monkeypatch.setattr(bab, "REFINE_AFTER", 1e-6)
     if not refinable:
         monkeypatch.setattr(bab, "MAX_NEURONS", 0)
@@ -260,13 +258,7 @@ def test_search_stopped_for_refinement_goes_on(monkeypatch, refinable):
 
 
 def _hard_instance():
-    gen = torch.Generator().manual_seed(0)
-    model = randomized(relu_mlp(20, [48, 48, 48], 10), gen)
-    x = torch.rand(1, 20, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    net = network(model).with_spec(margin_spec(y, 10)[0])  # shared rows: the net replays any batch
-    return model, x, y, net, Ball(0.08, "inf")
+    return _mlp_instance(0, 20, [48, 48, 48], 10, Ball(0.08, "inf"))
 
 
 def test_time_limit_and_max_domains_give_sound_unknowns():
