@@ -144,13 +144,17 @@ def test_input_split_agrees_with_a_grid(seed, d):
 
 
 
-def test_input_split_children_keep_their_parents_pre_activation_bounds():
+def test_input_split_children_keep_their_parents_pre_activation_bounds(monkeypatch):
     """Input-split children start from their parent's pre-activation bounds (their box lies inside it): the
     bounds stored with the open domains contain the pre-activations of points sampled in each box, lie inside the
     root's, keep stable every neuron the box's own CROWN bounds prove stable, and are tighter than those somewhere
-    (the parents' bounds were intersected in)."""
+    (the parents' bounds were intersected in). Clipping is off here: it shrinks a box after its bounds are
+    computed, so the stored bounds are those of the larger box (still true on the clipped one)."""
+    from robustopt.verify import bab_input
     from robustopt.verify.bab_input import InputSplit, cover
     from robustopt.verify.bab_search import Search, run
+
+    monkeypatch.setattr(bab_input, "clip", lambda lo, hi, *rest: (lo, hi))
 
     model = randomized(relu_mlp(3, [32, 32, 32], 3), torch.Generator().manual_seed(1))
     x = torch.full((1, 3), 0.5, dtype=torch.float64)
@@ -191,6 +195,36 @@ def test_corners_of_boxes():
     for i in range(2):
         expected = {tuple(float(v) for v in c) for c in torch.cartesian_prod(*torch.stack([lo[i], hi[i]], 1))}
         assert {tuple(float(v) for v in p) for p in points[i]} == expected
+
+@pytest.mark.parametrize("seed", range(5))
+def test_clipped_boxes_keep_every_point_an_open_row_can_fail_at(seed):
+    """Input-split clipping: every point of a box where some open row's linear bound is at or below its threshold
+    lies in the clipped box; the clipped box lies in the box; closed rows constrain nothing."""
+    from robustopt.verify.bab_input import clip
+
+    gen = torch.Generator().manual_seed(seed)
+    D, m, d = 40, 3, 4
+    lo = torch.rand(D, d, generator=gen, dtype=torch.float64)
+    hi = lo + torch.rand(D, d, generator=gen, dtype=torch.float64)
+    A = torch.randn(D, m, d, generator=gen, dtype=torch.float64)
+    A[:, :, 0] = 0.0  # a coordinate no row depends on stays whole
+    c = torch.randn(D, m, generator=gen, dtype=torch.float64)
+    theta = torch.zeros(m, dtype=torch.float64)
+    open_rows = torch.rand(D, m, generator=gen) < 0.6
+    open_rows[:, 0] = True
+    new_lo, new_hi = clip(lo, hi, A, c, theta, open_rows)
+    assert (new_lo >= lo).all() and (new_hi <= hi).all()
+    points = lo + (hi - lo) * torch.rand(20000, D, d, generator=gen, dtype=torch.float64)
+    value = torch.einsum("dmj,ndj->ndm", A, points) + c
+    failing = ((value <= theta) & open_rows).any(2)
+    inside = ((points >= new_lo) & (points <= new_hi)).all(2)
+    assert failing.any() and inside[failing].all()
+    assert (new_hi - new_lo < hi - lo).any()  # it does clip
+    reachable = (torch.minimum(A * lo.unsqueeze(1), A * hi.unsqueeze(1)).sum(2) + c <= theta) & open_rows
+    whole = ~reachable.any(1)  # no open row can fail on the box: the box is left as it is
+    assert torch.equal(new_lo[whole], lo[whole]) and torch.equal(new_hi[whole], hi[whole])
+    assert torch.equal(new_lo[:, 0], lo[:, 0]) and torch.equal(new_hi[:, 0], hi[:, 0])
+
 
 def _mlp_instance(seed, d, widths, k, ball):
     """(model, x (1, d), its label y, the net with the margin rows folded in, ball): a random d-widths-k MLP

@@ -197,6 +197,39 @@ def test_row_chunks_give_the_same_bounds(seed, method):
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("method", ["crown", "alpha-crown"])
+def test_per_example_rows_give_the_batch_rows_bounds(monkeypatch, seed, method):
+    """A batch of small boxes (each with a few unstable neurons, the batch's union many): each example's own
+    unstable neurons get backward passes (backward.GATHER_SHARE) with the same values as passes on the union."""
+    from robustopt.verify import backward, crown
+
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(),
+                          nn.Linear(40, 3)).double()
+    for p in model.parameters():
+        p.data = torch.randn(p.shape, generator=gen, dtype=torch.float64) / p.shape[-1] ** 0.5
+    x = torch.rand(64, 4, generator=gen, dtype=torch.float64)
+    y = model(x).argmax(1).detach()
+    opts = {"steps": 3} if method == "alpha-crown" else {}
+    original, per_example = crown.both_signs, []
+    monkeypatch.setattr(crown, "both_signs", lambda op, idx: per_example.append(idx.dim() == 2) or original(op, idx))
+    inter = []
+    for share in (0.0, 1.0):  # never, then whenever the largest count is at most the union's
+        per_example.clear()
+        monkeypatch.setattr(backward, "GATHER_SHARE", share)
+        b, layers = margin_bounds(model, x, y, 0.02, method=method, return_intermediate=True, **opts)
+        inter.append((b, layers))
+        assert any(per_example) == (share > 0)
+    (b0, l0), (b1, l1) = inter
+    torch.testing.assert_close(b1, b0, rtol=0, atol=1e-12)
+    for (lo0, hi0), (lo1, hi1) in zip(l0, l1):
+        torch.testing.assert_close(lo1, lo0, rtol=0, atol=1e-12)
+        torch.testing.assert_close(hi1, hi0, rtol=0, atol=1e-12)
+    unstable = [((lo < 0) & (hi > 0)) for lo, hi in l0[1:]]
+    assert any(int(u.sum(1).max()) < int(u.any(0).sum()) for u in unstable)  # the batch's sets differ
+
+
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("method", ["crown", "dual"])
 def test_skipping_ibp_stable_neurons_is_sound_and_optional(seed, method):

@@ -9,8 +9,10 @@ computed again and intersected with its parent's (``intermediate=``, ``recompute
 proved stable needs no backward pass), and its bound is the larger of its own and its parent's. Candidates: the
 box's centre, its corners (up to :data:`CORNER_DIMENSIONS` inputs: cheap, and the linear bounds' minimizers are
 corners), the minimizer of the worst row's linear bound, then a short descent inside the box from the most
-promising domains.
-A step halves each popped box at the middle of the coordinate its score chose (:func:`~.branching.input_choice`).
+promising domains (only boxes not yet proven: a proven box holds no counterexample).
+A box still open is then **clipped** (:func:`clip`) to the smallest box that holds every point where one of its
+open rows' linear bounds can reach the threshold; the rest of it needs nothing more. A step halves each popped
+box at the middle of the coordinate its score chose (:func:`~.branching.input_choice`).
 
 As the boxes shrink the relaxations become exact (every unstable neuron's interval shrinks to its point), so every
 row whose minimum is not exactly at the threshold is eventually decided. A box that has shrunk to a point and is
@@ -21,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..sets import Ball
-from .branching import bound_domains, input_choice, linear_pass
+from .branching import bound_domains, input_choice, linear_bounds
 
 SLACK = 1e-12
 DESCENT_STARTS = 4
@@ -42,6 +44,33 @@ def cover(lo, hi):
     centre = (lo + hi) / 2
     radius = torch.maximum(hi - centre, centre - lo).amax(1) * (1 + SLACK) + SLACK
     return centre, Ball(radius, "inf", lo, hi)
+
+
+def clip(lo, hi, A, c, theta, open_rows):
+    r"""Shrink each box [lo, hi] (D, d) to the smallest box holding every point where an open row can still be
+    at or below its threshold: on the box :math:`g_r(x) \ge A_r x + c_r` (A (D, m, d), c (D, m)), so a point
+    with :math:`g_r(x) \le \theta_r` (theta (m,)) has, for each coordinate j,
+
+    .. math:: A_{rj} x_j \le \theta_r - c_r - \sum_{i \ne j} \min(A_{ri} l_i, A_{ri} u_i),
+
+    a bound on :math:`x_j` above (:math:`A_{rj} > 0`) or below (:math:`A_{rj} < 0`). The box kept is the hull
+    over the open rows (``open_rows`` (D, m)) of each row's box, moved out by a relative
+    :math:`\sqrt{\epsilon}` of the dtype against rounding. Rows found above their threshold on the rest of the
+    box need nothing there, so the bounds already proven on [lo, hi] stay true of the domain.
+    (Input-domain clipping, as in α,β-CROWN's input split.)"""
+    low, high = A * lo.unsqueeze(1), A * hi.unsqueeze(1)
+    smallest = torch.minimum(low, high)
+    scale = 1 + c.abs() + torch.maximum(low.abs(), high.abs()).sum(2) + theta.abs()
+    room = theta - c - smallest.sum(2) + scale * torch.finfo(A.dtype).eps ** 0.5  # (D, m)
+    limit = (room.unsqueeze(2) + smallest) / A  # (D, m, d): x_j <= limit where A > 0, >= limit where A < 0
+    row_lo = torch.where(A < 0, torch.maximum(limit, lo.unsqueeze(1)), lo.unsqueeze(1))
+    row_hi = torch.where(A > 0, torch.minimum(limit, hi.unsqueeze(1)), hi.unsqueeze(1))
+    opened = open_rows.unsqueeze(2)
+    new_lo = torch.where(opened, row_lo, torch.inf).amin(1)
+    new_hi = torch.where(opened, row_hi, -torch.inf).amax(1)
+    new_lo, new_hi = torch.maximum(new_lo, lo), torch.minimum(new_hi, hi)
+    keep = (new_lo > new_hi).any(1, keepdim=True)  # only by rounding (an open row's minimizer is in its box)
+    return torch.where(keep, lo, new_lo), torch.where(keep, hi, new_hi)
 
 
 class InputSplit:
@@ -82,23 +111,26 @@ class InputSplit:
         lower = res.lower if root else torch.maximum(res.lower, parent_lower)
         if root:
             self.upper, self.intermediate = res.upper, res.intermediate
-        search.offer(torch.minimum(torch.maximum(centre, lo), hi))
+        alive = torch.nonzero(~(lower > search.threshold()).all(1)).flatten()  # a proven box holds no candidate
+        search.offer(torch.minimum(torch.maximum(centre[alive], lo[alive]), hi[alive]))
         if lo.shape[1] <= CORNER_DIMENSIONS:
-            search.offer(corners(lo, hi))
+            search.offer(corners(lo[alive], hi[alive]))
         theta = search.threshold()
         choice = torch.full((len(lower),), -1, dtype=torch.long, device=lower.device)
-        alive = torch.nonzero(~(lower > theta).all(1)).flatten()
+        alive = alive[~(lower[alive] > theta).all(1)]
         if len(alive):
             gap = lower[alive] - theta
             sub_centre, sub_ball = cover(lo[alive], hi[alive])
-            A, _ = linear_pass(self.net, sub_centre, [(a[alive], b[alive]) for a, b in res.intermediate],
-                               [s[alive].to(lo) for s in slopes], None, (gap <= 0).to(lo), gap.argmin(1))
-            minimizers = sub_ball.support_point(-A.unsqueeze(1), sub_centre)[:, 0]
+            A, c = linear_bounds(self.net, [(a[alive], b[alive]) for a, b in res.intermediate],
+                                 [s[alive].to(lo) for s in slopes])
+            A_worst = A[torch.arange(len(alive), device=A.device), gap.argmin(1)]
+            minimizers = sub_ball.support_point(-A_worst.unsqueeze(1), sub_centre)[:, 0]
             search.offer(minimizers)
             best = gap.amin(1).argsort()[:DESCENT_STARTS]
             search.descend(minimizers[best], Ball(sub_ball.eps[best], "inf", sub_ball.lower[best],
                                                   sub_ball.upper[best]), sub_centre[best])
-            choice[alive] = input_choice(A, lo[alive], hi[alive], self.branching)
+            lo[alive], hi[alive] = clip(lo[alive], hi[alive], A, c, theta, gap <= 0)
+            choice[alive] = input_choice(A_worst, lo[alive], hi[alive], self.branching)
         theta = search.threshold()
         point = choice < 0
         search.domains.discard(lower[point])

@@ -135,7 +135,10 @@ def check_skip_stable(value):
         raise ValueError(f"skip_stable must be True, False or 'batch'; got {value!r}")
     return value
 
-def refine(reference, bound_rows, width: int, memory: int, skip_stable=True):
+GATHER_SHARE = 0.8  # per-example rows when the most unstable example has at most this share of the union's
+
+
+def refine(reference, bound_rows, width: int, memory: int, skip_stable=True, per_example=False):
     r"""Tighten the reference bounds (lo, hi) of one layer, each (n, h), by backward passes on the neurons
     unstable in the reference: ``bound_rows(idx)`` returns (lower, upper), each (n, r), for the neurons
     ``idx`` (r of them); ``width`` is the widest layer the passes go through (for chunking).
@@ -144,7 +147,12 @@ def refine(reference, bound_rows, width: int, memory: int, skip_stable=True):
     False, every neuron gets a pass and keeps its value (the reference is not used); ``"batch"``,
     auto_LiRPA's rule: the neurons unstable for some example get a pass and keep its value for every
     example, unless they are more than 90% of the layer, then every neuron does (a bound then depends on
-    the other examples of the batch)."""
+    the other examples of the batch).
+
+    ``per_example`` (``bound_rows`` then also takes idx (n, r): row j of example i is neuron idx[i, j]): with
+    ``skip_stable=True``, when the examples' unstable sets differ (a batch of small input boxes: each has a
+    few unstable neurons, the batch's union most of the layer), each example gets passes for its own
+    unstable neurons only, r = the largest count (the others padded with neurons whose value is not kept)."""
     lo_ref, hi_ref = reference
     unstable = (lo_ref < 0) & (hi_ref > 0)
     if skip_stable is not True:
@@ -157,6 +165,15 @@ def refine(reference, bound_rows, width: int, memory: int, skip_stable=True):
         return lo_ref, hi_ref
     step = max(1, rows_per_chunk(lo_ref.shape[0], width, lo_ref.element_size(), memory) // 2)
     lo, hi = lo_ref.clone(), hi_ref.clone()
+    most = int(unstable.sum(1).max())
+    if per_example and skip_stable is True and most <= GATHER_SHARE * idx.numel():
+        order = torch.argsort((~unstable).to(torch.int8), dim=1, stable=True)[:, :most]  # own unstable first
+        for chunk in order.split(step, dim=1):
+            low, up = bound_rows(chunk)
+            keep = unstable.gather(1, chunk)
+            lo.scatter_(1, chunk, torch.where(keep, low, lo_ref.gather(1, chunk)))
+            hi.scatter_(1, chunk, torch.where(keep, up, hi_ref.gather(1, chunk)))
+        return lo, hi
     for chunk in idx.split(step):
         low, up = bound_rows(chunk)
         keep = unstable[:, chunk]
@@ -166,8 +183,16 @@ def refine(reference, bound_rows, width: int, memory: int, skip_stable=True):
 
 def both_signs(op, idx):
     """Rows ``idx`` of operator ``op`` and their negations as a linear form on its input: coefficients
-    (1 or n, 2r, d_in) and biases (1 or n, 2r), lower-bound rows first."""
-    rows, bias = op.rows(idx), op.bias_rows(idx)
+    (1 or n, 2r, d_in) and biases (1 or n, 2r), lower-bound rows first. ``idx``: (r,) shared by the batch, or
+    (n, r), each example's own rows (then both are (n, ...))."""
+    if idx.dim() == 1:
+        rows, bias = op.rows(idx), op.bias_rows(idx)
+    else:
+        union, position = torch.unique(idx, return_inverse=True)
+        rows, bias = op.rows(union), op.bias_rows(union)  # (1 or n, u, d_in), (1 or n, u)
+        n = idx.shape[0]
+        rows = rows.expand(n, -1, -1).gather(1, position.unsqueeze(2).expand(-1, -1, rows.shape[2]))
+        bias = bias.expand(n, -1).gather(1, position)
     return torch.cat([rows, -rows], 1), torch.cat([bias, -bias], -1)
 
 def finish(lower, upper, infeasible):

@@ -85,6 +85,17 @@ def linear_pass(net, x, intermediate, slopes, betas, weights, rows):
     return A, losses
 
 
+def linear_bounds(net, intermediate, slopes):
+    r"""The output rows' linear lower bounds :math:`g_r(x') \ge A_r x' + c_r` on D domains, from their
+    pre-activation bounds ``intermediate`` (per ReLU layer (lower, upper), each (D, h_k)) and lower ``slopes``
+    (per layer (D, m, h_k)): (A (D, m, d), c (D, m)). They hold wherever the pre-activation bounds do."""
+    relaxations = [crown.ReluRelaxation.from_bounds(lo, hi) for lo, hi in intermediate]
+    op, top = net.affine[-1], len(net.affine) - 1
+    everything = torch.arange(op.out_features, device=op.bias.device)
+    A, c = crown.backsubstitute(net, op.rows(everything), op.bias_rows(everything), top - 1, relaxations, slopes)
+    return A, c.expand(A.shape[:2])
+
+
 def relu_choice(intermediate, losses, branching):
     """Per domain the neuron to split as a flat index over the ReLU layers in order, -1 where none is unstable
     (a leaf); ``intermediate`` and ``losses`` per layer (D, h_k)."""

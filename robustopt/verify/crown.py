@@ -83,9 +83,10 @@ class ReluRelaxation:
 
     def backward(self, coef, bias, alpha):
         """Coefficient on z and accumulated bias, given a coefficient ``coef`` (n, r, h) on a = relu(z)."""
-        pos, neg = coef.clamp(min=0), coef.clamp(max=0)
-        bias = bias + (neg * self.upper_intercept).sum(-1)
-        return pos * self.lower_slope(alpha) + neg * self.upper_slope, bias
+        lower, neg = self.lower_slope(alpha), coef.clamp(max=0)
+        bias = bias + (neg @ self.upper_intercept.transpose(1, 2)).squeeze(-1)
+        # coef⁺ alpha + coef⁻ s, as coef alpha + coef⁻ (s - alpha): fewer passes over (n, r, h)
+        return torch.addcmul(coef * lower, neg, self.upper_slope - lower), bias
 
 
 def _bias_term(coef, bias_vector):
@@ -93,12 +94,12 @@ def _bias_term(coef, bias_vector):
     return (coef @ bias_vector.unsqueeze(-1)).squeeze(-1)
 
 
-def propagate(net, coef, bias, depth, relaxations, alphas, x, ball, betas=None):
-    """Lower bound of ``coef . a_depth + bias`` over the ball, with a_depth the output of ReLU layer
-    ``depth`` (depth = -1: the input itself). ``coef`` (n or 1, r, h), ``bias`` (n or 1, r);
-    ``relaxations[k]`` / ``alphas[k]`` for each ReLU layer k <= depth. ``betas``: None, or per ReLU layer
-    None or a term (n, r, h_k) added to the coefficient on z_k (beta-CROWN's split multipliers, already
-    signed). Returns (n, r)."""
+def backsubstitute(net, coef, bias, depth, relaxations, alphas, betas=None):
+    r"""The linear lower bound :math:`A x + c \le` ``coef . a_depth + bias`` on the inputs x where the
+    relaxations hold, with a_depth the output of ReLU layer ``depth`` (depth = -1: the input itself).
+    ``coef`` (n or 1, r, h), ``bias`` (n or 1, r); ``relaxations[k]`` / ``alphas[k]`` for each ReLU layer
+    k <= depth. ``betas``: None, or per ReLU layer None or a term (n, r, h_k) added to the coefficient on z_k
+    (beta-CROWN's split multipliers, already signed). Returns (A (n, r, d), c (n, r))."""
     for k in range(depth, -1, -1):
         coef, bias = relaxations[k].backward(coef, bias, alphas[k])
         if betas is not None and betas[k] is not None:
@@ -106,6 +107,13 @@ def propagate(net, coef, bias, depth, relaxations, alphas, x, ball, betas=None):
         op = net.affine[k]
         bias = bias + _bias_term(coef, op.bias)
         coef = op.transpose(coef)
+    return coef, bias
+
+
+def propagate(net, coef, bias, depth, relaxations, alphas, x, ball, betas=None):
+    """Lower bound of ``coef . a_depth + bias`` over the ball: :func:`backsubstitute`'s linear bound minimized
+    over the ball. Returns (n, r)."""
+    coef, bias = backsubstitute(net, coef, bias, depth, relaxations, alphas, betas)
     return bias + minimize_linear(coef, x, ball)
 
 
@@ -115,13 +123,15 @@ def path_width(net, k):
 
 
 def bound_rows(net, k, idx, relaxations, alphas, x, ball):
-    """CROWN bounds (lower, upper), each (n, r), on the neurons ``idx`` of z_k = affine[k](a_{k-1}) (on
-    windows when layer k is a convolution after convolutions: :mod:`.patches`, the same values)."""
+    """CROWN bounds (lower, upper), each (n, r), on the neurons ``idx`` ((r,), or (n, r) per example) of
+    z_k = affine[k](a_{k-1}) (on windows when layer k is a convolution after convolutions: :mod:`.patches`, the
+    same values; shared ``idx`` only)."""
     if patches.applies(net, k, ball):
         return patches.bound_rows(net, k, idx, relaxations, alphas, x, ball)
     coef, bias = both_signs(net.affine[k], idx)
     both = propagate(net, coef, bias, k - 1, relaxations, alphas, x, ball)
-    return both[:, :idx.numel()], -both[:, idx.numel():]
+    r = idx.shape[-1]
+    return both[:, :r], -both[:, r:]
 
 
 def reference_bounds(net, k, previous, x, ball, memory=None):
@@ -149,7 +159,7 @@ def intermediate_bounds(net, x, ball, relaxation="adaptive", intermediate=None, 
             lo, hi = intersect(reference_bounds(net, k, bounds[-1] if bounds else None, x, ball, memory), given)
             if k > 0:
                 lo, hi = refine((lo, hi), lambda idx: bound_rows(net, k, idx, relaxations, alphas, x, ball),
-                                path_width(net, k - 1), memory, skip_stable)
+                                path_width(net, k - 1), memory, skip_stable, not patches.applies(net, k, ball))
                 lo, hi = intersect((lo, hi), given)
         lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[k], given is not None)
         infeasible |= empty
