@@ -196,11 +196,12 @@ def windowed_layers(net, layers, ball) -> frozenset:
     return frozenset(j for j in layers if patches.applies(net, j, ball))
 
 
-def search_pass(net, x, ball, layout, slopes, beta_terms, base, splits, out):
+def search_pass(net, x, ball, layout, slopes, beta_terms, base, splits, out, fixed=None):
     """One alpha-CROWN pass: intermediate bounds of the layers in ``layout.rows`` from their slopes (each the
     elementwise best of the new value and ``base``, then clamped to ``splits``), then the output rows
-    ``out`` = (coef, bias); ``slopes[(j, i)]`` laid out as in :class:`Slopes` ``layout``. Returns (value
-    (n, R_L), bounds, infeasible (n,))."""
+    ``out`` = (coef, bias); ``slopes[(j, i)]`` laid out as in :class:`Slopes` ``layout``; ``fixed``: the
+    relaxations of the other layers (from ``base``: the same in every pass), computed here when None. Returns
+    (value (n, R_L), bounds, infeasible (n,))."""
     L = len(base)
 
     def slope(j, i):
@@ -220,7 +221,7 @@ def search_pass(net, x, ball, layout, slopes, beta_terms, base, splits, out):
             lo, hi, empty = apply_split(lo, hi, None if splits is None else splits[j])
             infeasible |= empty
         bounds.append((lo, hi))
-        relaxations.append(crown.ReluRelaxation.from_bounds(lo, hi))
+        relaxations.append(fixed[j] if fixed is not None and j in fixed else crown.ReluRelaxation.from_bounds(lo, hi))
     value = crown.propagate(net, out[0], out[1], L - 1, relaxations, [slope(L, i) for i in range(L)], x, ball,
                             beta_terms)
     return value, bounds, infeasible
@@ -267,10 +268,11 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
     adam = ProjectedAdam(params + betas, lr, [(0.0, 1.0)] * len(params) + [(0.0, float("inf"))] * len(betas),
                          decay=lr_decay)
     best, best_params, best_betas, iterations = None, None, None, 0
+    fixed = {j: crown.ReluRelaxation.from_bounds(*sbase[j]) for j in range(L) if j not in layout.rows}
     with torch.enable_grad():
         for step in range(steps + 1):
             value, bounds, empty = search_pass(snet, sx, ball, layout, dict(zip(keys, params)), beta_terms(betas),
-                                               sbase, splits, sout)
+                                               sbase, splits, sout, fixed)
             value_d = value.detach()
             if best is None:
                 best = value_d
