@@ -1,15 +1,16 @@
 """Complete verification on VNN-COMP 2021 benchmarks: branch and bound against the MILP, and against α,β-CROWN.
 
     python bench/bab.py [--benchmark acasxu] [--per-prop 2 | --all] [--timeout 20 | --official] [--methods bab,milp]
-                        [--out results.csv] [--peer abcrown.csv] [--report]
+                        [--only NAME,...] [--out results.csv] [--peer abcrown.csv] [--report]
 
 Benchmarks (``../shared/data``): ``acasxu`` (186 instances, 116 s each), ``mnistfc`` (90, 120 s), ``eran``
 (relu_9_200, 36, 300 s), ``oval21`` (30, 720 s). Instances: with ``--all`` every row of the benchmark's instances
 CSV, else ``--per-prop`` rows per property (ACAS Xu; spread over the 45 networks, the same rows every run) or the
-first ``--first`` rows (the others). Each is verified in this process, one torch thread, by
-``robustopt.vnnlib.run_instance`` with each of ``--methods``: ``bab`` (attacks, then branch and bound: input
-splitting on ACAS Xu's 5 inputs, ReLU splitting otherwise), ``milp`` (attacks, then the exact MILP), ``auto``
-(attacks, CROWN, α-CROWN, then branch and bound), under ``--timeout`` seconds or the CSV's own (``--official``).
+first ``--first`` rows (the others); ``--only`` keeps those whose name contains one of its substrings. Each is
+verified in this process, one torch thread, by ``robustopt.vnnlib.run_instance`` with each of ``--methods``:
+``bab`` (attacks, then branch and bound: input splitting on ACAS Xu's 5 inputs, ReLU splitting otherwise),
+``milp`` (attacks, then the exact MILP), ``auto`` (attacks, CROWN, α-CROWN, then branch and bound), under
+``--timeout`` seconds or the CSV's own (``--official``).
 
 Results are appended to ``--out`` (one row per instance and method; rows already there are skipped, so an
 interrupted run started again resumes). The summary compares each result with the consensus verdict of the 2021
@@ -159,6 +160,9 @@ def main(argv=None):
     parser.add_argument("--per-prop", type=int, default=2, help="ACAS Xu instances per property (default 2)")
     parser.add_argument("--first", type=int, default=10, help="other benchmarks: the first rows (default 10)")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds per instance and method (default 20)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated substrings: of the instances chosen, those whose name contains one, "
+                             "in this order (e.g. --only img4549,img1697)")
     parser.add_argument("--official", action="store_true", help="the instances CSV's own timeouts")
     parser.add_argument("--methods", default="bab,milp", help="comma-separated: bab, milp, auto (default bab,milp)")
     parser.add_argument("--out", default=".bench/bab_results.csv", help="results CSV (appended; resumable)")
@@ -173,7 +177,13 @@ def main(argv=None):
     if not args.report:
         torch.set_num_threads(1)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        run(args, instances(args.benchmark, args.all, args.per_prop, args.first), known)
+        rows = instances(args.benchmark, args.all, args.per_prop, args.first)
+        if args.only:
+            wanted = args.only.split(",")
+            rows = list({tuple(r): r for w in wanted for r in rows if w in instance_name(r[0], r[1])}.values())
+            if not rows:
+                parser.error(f"--only {args.only!r} matches no instance of {args.benchmark}")
+        run(args, rows, known)
     report(args, known)
 
 
