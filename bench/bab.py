@@ -2,6 +2,7 @@
 
     python bench/bab.py [--benchmark acasxu] [--per-prop 2 | --all] [--timeout 20 | --official] [--methods bab,milp]
                         [--only NAME,...] [--out results.csv] [--peer abcrown.csv] [--report]
+                        [--device cuda] [--shard K/N] [--deadline SECONDS] [--data DIR]
 
 Benchmarks (``../shared/data``): ``acasxu`` (186 instances, 116 s each), ``mnistfc`` (90, 120 s), ``eran``
 (relu_9_200, 36, 300 s), ``oval21`` (30, 720 s). Instances: with ``--all`` every row of the benchmark's instances
@@ -10,7 +11,10 @@ first ``--first`` rows (the others); ``--only`` keeps those whose name contains 
 verified in this process, one torch thread, by ``robustopt.vnnlib.run_instance`` with each of ``--methods``:
 ``bab`` (attacks, then branch and bound: input splitting on ACAS Xu's 5 inputs, ReLU splitting otherwise),
 ``milp`` (attacks, then the exact MILP), ``auto`` (attacks, CROWN, α-CROWN, then branch and bound), under
-``--timeout`` seconds or the CSV's own (``--official``).
+``--timeout`` seconds or the CSV's own (``--official``), on ``--device`` (the network is moved there; the search
+runs where the network is). ``--shard K/N`` keeps every N-th instance from the K-th (K = 1..N), for N processes
+side by side; ``--deadline`` starts no instance after that many seconds (those left are not run, not counted).
+An instance that raises is recorded as ``error`` (with the message) and the run goes on.
 
 Results are appended to ``--out`` (one row per instance and method; rows already there are skipped, so an
 interrupted run started again resumes). The summary compares each result with the consensus verdict of the 2021
@@ -36,9 +40,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from robustopt.vnnlib.runner import run_instance  # noqa: E402
+from robustopt.vnnlib.runner import cached_model, run_instance  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+DATA = ROOT.parent / "shared" / "data"
 BENCHMARKS = {  # name: (folder, instances CSV, verdict table)
     "acasxu": ("vnncomp2021_acasxu", "acasxu_instances.csv", "verdicts_acasxu_2021.csv"),
     "mnistfc": ("vnncomp2021_mnistfc", "mnistfc_instances.csv", "verdicts_mnistfc_2021.csv"),
@@ -53,11 +57,11 @@ def instance_name(onnx, vnnlib) -> str:
     return f"{Path(onnx).stem}-{Path(vnnlib).name.removesuffix('.gz').removesuffix('.vnnlib')}"
 
 
-def instances(benchmark, everything, per_prop, first):
-    """Rows (onnx, vnnlib, timeout) of the benchmark's instances CSV: all, ``per_prop`` per ACAS Xu property
-    (evenly spaced over its rows), or the first ``first``."""
+def instances(data, benchmark, everything, per_prop, first):
+    """Rows (onnx, vnnlib, timeout) of the benchmark's instances CSV under ``data``: all, ``per_prop`` per ACAS Xu
+    property (evenly spaced over its rows), or the first ``first``."""
     folder, listing, _ = BENCHMARKS[benchmark]
-    with open(SHARED / folder / listing, newline="") as f:
+    with open(data / folder / listing, newline="") as f:
         rows = [r for r in csv.reader(f) if r]
     if everything:
         return rows
@@ -70,13 +74,15 @@ def instances(benchmark, everything, per_prop, first):
     return chosen
 
 
-def verdicts(benchmark) -> dict:
-    path = SHARED / "vnncomp2021_results" / BENCHMARKS[benchmark][2]
+def verdicts(data, benchmark) -> dict:
+    path = data / "vnncomp2021_results" / BENCHMARKS[benchmark][2]
     with open(path, newline="") as f:
         return {row["instance"]: row["consensus"] for row in csv.DictReader(f)}
 
 
 def kind_of(result, expected) -> str:
+    if result == "error":
+        return "error"
     if result not in ("sat", "unsat"):
         return "timeout"
     return "solved" if result == expected or expected not in ("sat", "unsat") else "wrong"
@@ -88,22 +94,31 @@ def run(args, rows, known):
         with open(args.out, newline="") as f:
             done = {(r["instance"], r["method"]) for r in csv.DictReader(f)}
     fresh = not os.path.exists(args.out)
-    folder = SHARED / BENCHMARKS[args.benchmark][0]
+    folder = args.data / BENCHMARKS[args.benchmark][0]
     methods = args.methods.split(",")
-    print(f"{args.benchmark}: {len(rows)} instances, methods {methods}, 1 torch thread, load average "
-          "%.1f / %.1f / %.1f" % os.getloadavg(), flush=True)
+    print(f"{args.benchmark}: {len(rows)} instances, methods {methods}, 1 torch thread, device {args.device}, load "
+          "average %.1f / %.1f / %.1f" % os.getloadavg(), flush=True)
+    start = time.perf_counter()
     with open(args.out, "a", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
         if fresh:
             writer.writeheader()
         for onnx, vnnlib, official in rows:
+            if args.deadline is not None and time.perf_counter() - start > args.deadline:
+                print(f"deadline of {args.deadline:.0f} s reached: the instances left are not run", flush=True)
+                return
             name = instance_name(onnx, vnnlib)
             timeout = float(official) if args.official else args.timeout
             for method in methods:
                 if (name, method) in done:
                     continue
+                cached_model(os.fspath(folder / onnx)).to(args.device)
                 tic = time.perf_counter()
-                result = run_instance(folder / onnx, folder / vnnlib, timeout, method)["result"]
+                try:
+                    result = run_instance(folder / onnx, folder / vnnlib, timeout, method)["result"]
+                except Exception as err:  # noqa: BLE001 -- recorded and counted; the other instances go on
+                    result = "error"
+                    print(f"{name}: {type(err).__name__}: {err}", flush=True)
                 seconds = time.perf_counter() - tic
                 row = {"benchmark": args.benchmark, "instance": name, "method": method, "timeout": timeout,
                        "result": result, "seconds": f"{seconds:.2f}", "expected": known.get(name),
@@ -119,6 +134,7 @@ def tally(results):
     return {"n": len(results), "solved": len(solved), "sat": sum(r == "sat" and k == "solved" for r, _, k in results),
             "unsat": sum(r == "unsat" and k == "solved" for r, _, k in results),
             "timeout": sum(k == "timeout" for _, _, k in results), "wrong": sum(k == "wrong" for _, _, k in results),
+            "error": sum(k == "error" for _, _, k in results),
             "median": statistics.median(solved) if solved else float("nan"),
             "total": sum(s for _, s, _ in results)}
 
@@ -138,11 +154,11 @@ def report(args, known):
                     peer[name] = (r["result"], float(r["seconds"]), kind_of(r["result"], known.get(name)))
                     solver[name] = float(r.get("seconds_solver") or "nan")
     print(f"\n## {args.benchmark}\n\n| method | instances | solved (sat / unsat) | timeout / unknown | wrong | "
-          "median s (solved) | total s |\n|---|---:|---:|---:|---:|---:|---:|")
+          "median s (solved) | total s | error |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for method, results in list(ours.items()) + ([("α,β-CROWN", peer)] if peer else []):
         t = tally(list(results.values()))
         print(f"| {method} | {t['n']} | {t['solved']} ({t['sat']} / {t['unsat']}) | {t['timeout']} | {t['wrong']} | "
-              f"{t['median']:.2f} | {t['total']:.0f} |")
+              f"{t['median']:.2f} | {t['total']:.0f} | {t['error']} |")
     for method, results in ours.items() if peer else ():
         both = sorted(set(results) & set(peer))
         a, b = tally([results[i] for i in both]), tally([peer[i] for i in both])
@@ -168,22 +184,33 @@ def main(argv=None):
     parser.add_argument("--out", default=".bench/bab_results.csv", help="results CSV (appended; resumable)")
     parser.add_argument("--peer", default=None, help="α,β-CROWN results CSV to compare with")
     parser.add_argument("--report", action="store_true", help="only summarize --out (and --peer)")
+    parser.add_argument("--device", default="cpu", type=torch.device, help="torch device (default cpu)")
+    parser.add_argument("--shard", default="1/1", help="K/N: every N-th instance from the K-th (default 1/1)")
+    parser.add_argument("--deadline", type=float, default=None, help="start no instance after this many seconds")
+    parser.add_argument("--data", type=Path, default=DATA, help=f"benchmark folders (default {DATA})")
     args = parser.parse_args(argv)
-    verdict_table = SHARED / "vnncomp2021_results" / BENCHMARKS[args.benchmark][2]
+    try:
+        shard, shards = (int(v) for v in args.shard.split("/"))
+        assert 1 <= shard <= shards
+    except (ValueError, AssertionError):
+        parser.error(f"--shard must be K/N with 1 <= K <= N, got {args.shard!r}")
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    verdict_table = args.data / "vnncomp2021_results" / BENCHMARKS[args.benchmark][2]
     if not verdict_table.exists():
         print(f"[skip] {verdict_table} not found")
         return
-    known = verdicts(args.benchmark)
+    known = verdicts(args.data, args.benchmark)
     if not args.report:
         torch.set_num_threads(1)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        rows = instances(args.benchmark, args.all, args.per_prop, args.first)
+        rows = instances(args.data, args.benchmark, args.all, args.per_prop, args.first)
         if args.only:
             wanted = args.only.split(",")
             rows = list({tuple(r): r for w in wanted for r in rows if w in instance_name(r[0], r[1])}.values())
             if not rows:
                 parser.error(f"--only {args.only!r} matches no instance of {args.benchmark}")
-        run(args, rows, known)
+        run(args, rows[shard - 1::shards], known)
     report(args, known)
 
 
