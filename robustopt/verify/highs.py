@@ -102,13 +102,26 @@ class HighsModel:
         # set the flag either way: HiGHS keeps it from one run to the next
         event.interrupt(self._settle_above is not None and event.data_out.mip_dual_bound > self._settle_above)
 
-    def _objective(self, row, time_limit):
+    def _objective(self, row):
         h = self.highs
         if row != self._row:  # the same objective again keeps everything (branch and bound changes bounds only)
             h.changeColsCost(len(self._columns), self._columns, self.program.objective[row])
             h.changeObjectiveOffset(float(self.program.offset[row]))
             self._row = row
+
+    def _run(self, time_limit):
+        """``highs.run()`` within ``time_limit`` seconds (None: none). HiGHS (1.16 measured) checks the LP solver's
+        time limit against the model's run time summed over all its runs, not this run's: on a model that has
+        run longer than ``time_limit`` every LP would stop at once. A run that stops at its time limit sooner
+        than asked goes on with the limit moved by the run time already counted."""
+        h = self.highs
         h.setOptionValue("time_limit", float("inf") if time_limit is None else max(float(time_limit), 1e-3))
+        tic = time.perf_counter()
+        h.run()
+        spent = time.perf_counter() - tic
+        if time_limit is not None and self._status() == "time_limit" and spent < 0.9 * time_limit - 1e-3:
+            h.setOptionValue("time_limit", h.getRunTime() + max(time_limit - spent, 1e-3))
+            h.run()
 
     def _status(self):
         name = str(self.highs.getModelStatus()).split(".")[-1]
@@ -130,8 +143,8 @@ class HighsModel:
 
     def solve_lp(self, row, time_limit=None):
         """(status, row duals (rows,), objective value) of the LP for objective ``row``."""
-        self._objective(row, time_limit)
-        self.highs.run()
+        self._objective(row)
+        self._run(time_limit)
         status = self._status()
         sol = self.highs.getSolution()
         duals = np.asarray(sol.row_dual, float) if sol.dual_valid else np.zeros(self.program.A.shape[0])
@@ -141,11 +154,11 @@ class HighsModel:
         """The MILP for objective ``row``: to a relative gap of 1e-6, or until a point with objective
         <= ``target`` is found, or the proven bound exceeds ``settle_above``."""
         h = self.highs
-        self._objective(row, time_limit)
+        self._objective(row)
         h.setOptionValue("objective_target", -np.inf if target is None else float(target))
         self._settle_above = settle_above
         tic = time.perf_counter()
-        h.run()
+        self._run(time_limit)
         seconds = time.perf_counter() - tic
         status, info = self._status(), h.getInfo()
         sol = h.getSolution()
