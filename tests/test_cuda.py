@@ -5,6 +5,8 @@ Each test builds a seeded random small network (verify_helpers.random_net: MLPs 
 with the network and inputs on the CPU and on ``cuda``, and checks that results stay on the inputs' device and
 agree: bounds to 1e-6 (float64; the order of GPU reductions differs), verdicts exactly.
 """
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -29,8 +31,6 @@ def _case(seed, n=4):
 
 
 def _on_cuda(model, *tensors):
-    import copy
-
     return (copy.deepcopy(model).to(CUDA), *(t.to(CUDA) for t in tensors))
 
 
