@@ -189,11 +189,10 @@ def main(argv=None):
     parser.add_argument("--deadline", type=float, default=None, help="start no instance after this many seconds")
     parser.add_argument("--data", type=Path, default=DATA, help=f"benchmark folders (default {DATA})")
     args = parser.parse_args(argv)
-    try:
-        shard, shards = (int(v) for v in args.shard.split("/"))
-        assert 1 <= shard <= shards
-    except (ValueError, AssertionError):
+    parts = args.shard.split("/")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 1 <= int(parts[0]) <= int(parts[1]):
         parser.error(f"--shard must be K/N with 1 <= K <= N, got {args.shard!r}")
+    shard, shards = map(int, parts)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     verdict_table = args.data / "vnncomp2021_results" / BENCHMARKS[args.benchmark][2]
