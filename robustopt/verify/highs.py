@@ -110,18 +110,8 @@ class HighsModel:
             self._row = row
 
     def _run(self, time_limit):
-        """``highs.run()`` within ``time_limit`` seconds (None: none). HiGHS (1.16 measured) checks the LP solver's
-        time limit against the model's run time summed over all its runs, not this run's: on a model that has
-        run longer than ``time_limit`` every LP would stop at once. A run that stops at its time limit sooner
-        than asked goes on with the limit moved by the run time already counted."""
-        h = self.highs
-        h.setOptionValue("time_limit", float("inf") if time_limit is None else max(float(time_limit), 1e-3))
-        tic = time.perf_counter()
-        h.run()
-        spent = time.perf_counter() - tic
-        if time_limit is not None and self._status() == "time_limit" and spent < 0.9 * time_limit - 1e-3:
-            h.setOptionValue("time_limit", h.getRunTime() + max(time_limit - spent, 1e-3))
-            h.run()
+        self.highs.setOptionValue("time_limit", float("inf") if time_limit is None else max(float(time_limit), 1e-3))
+        self.highs.run()
 
     def _status(self):
         name = str(self.highs.getModelStatus()).split(".")[-1]
@@ -144,7 +134,14 @@ class HighsModel:
     def solve_lp(self, row, time_limit=None):
         """(status, row duals (rows,), objective value) of the LP for objective ``row``."""
         self._objective(row)
+        tic = time.perf_counter()
         self._run(time_limit)
+        spent = time.perf_counter() - tic
+        # HiGHS (1.16, measured) checks the LP solver's time limit against the model's run time summed over all
+        # its runs (a MILP's, against its own run's): on a model that has run longer than time_limit every LP
+        # would stop at once. Stopped at the limit sooner than asked: go on, the limit moved by that run time.
+        if time_limit is not None and self._status() == "time_limit" and spent < 0.9 * time_limit - 1e-3:
+            self._run(self.highs.getRunTime() + max(time_limit - spent, 1e-3))
         status = self._status()
         sol = self.highs.getSolution()
         duals = np.asarray(sol.row_dual, float) if sol.dual_valid else np.zeros(self.program.A.shape[0])
