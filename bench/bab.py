@@ -10,7 +10,8 @@ CSV, else ``--per-prop`` rows per property (ACAS Xu; spread over the 45 networks
 first ``--first`` rows (the others); ``--only`` keeps those whose name contains one of its substrings. Each is
 verified in this process, one torch thread, by ``robustopt.vnnlib.run_instance`` with each of ``--methods``:
 ``bab`` (attacks, then branch and bound: input splitting on ACAS Xu's 5 inputs, ReLU splitting otherwise),
-``milp`` (attacks, then the exact MILP), ``auto`` (attacks, CROWN, α-CROWN, then branch and bound), under
+``milp`` (attacks, then the exact MILP), ``auto`` (attacks, CROWN, α-CROWN, then branch and bound); ``bab:fsb``
+(or ``auto:fsb``, any of the ``branching`` choices after the colon) sets the branching heuristic; under
 ``--timeout`` seconds or the CSV's own (``--official``), on ``--device`` (the network is moved there; the search
 runs where the network is). ``--shard K/N`` keeps every N-th instance from the K-th (K = 1..N), for N processes
 side by side; ``--deadline`` starts no instance after that many seconds (those left are not run, not counted).
@@ -115,7 +116,9 @@ def run(args, rows, known):
                 cached_model(os.fspath(folder / onnx)).to(args.device)
                 tic = time.perf_counter()
                 try:
-                    result = run_instance(folder / onnx, folder / vnnlib, timeout, method)["result"]
+                    base, _, branching = method.partition(":")
+                    options = {"complete_options": {"branching": branching}} if branching else {}
+                    result = run_instance(folder / onnx, folder / vnnlib, timeout, base, **options)["result"]
                 except Exception as err:  # noqa: BLE001 -- recorded and counted; the other instances go on
                     result = "error"
                     print(f"{name}: {type(err).__name__}: {err}", flush=True)
@@ -180,7 +183,7 @@ def main(argv=None):
                         help="comma-separated substrings: of the instances chosen, those whose name contains one, "
                              "in this order (e.g. --only img4549,img1697)")
     parser.add_argument("--official", action="store_true", help="the instances CSV's own timeouts")
-    parser.add_argument("--methods", default="bab,milp", help="comma-separated: bab, milp, auto (default bab,milp)")
+    parser.add_argument("--methods", default="bab,milp", help="comma-separated: bab, milp, auto, bab:BRANCHING (default bab,milp)")
     parser.add_argument("--out", default=".bench/bab_results.csv", help="results CSV (appended; resumable)")
     parser.add_argument("--peer", default=None, help="α,β-CROWN results CSV to compare with")
     parser.add_argument("--report", action="store_true", help="only summarize --out (and --peer)")

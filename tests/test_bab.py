@@ -101,6 +101,77 @@ def test_exact_minimum_without_stop_at(seed):
         assert bab[0, j] <= exact + 1e-7 and bab[0, j] >= exact - 1e-5 * max(1, abs(exact)), (j, bab[0, j], exact)
 
 
+@pytest.mark.parametrize("seed", [11, 12, 18, 21, 24])  # seeds whose searches split
+def test_filtered_smart_branching_verdicts_equal_the_milp(seed):
+    model, x, y, norm, eps, (lower, upper) = _case(seed)
+    kw = dict(lower=lower, upper=upper, progress=False)
+    milp = certify(model, x, y, eps, norm, method="milp", **kw)
+    fsb = certify(model, x, y, eps, norm, method="bab", branching="fsb", **kw)
+    assert list(fsb.status) == list(milp.status), (seed, milp.status, fsb.status)
+
+
+def test_split_bounds_hold_on_each_child():
+    """The bounds "fsb" estimates for the two children of a split (the parent's relaxations held, the split
+    neuron's exact) lie below the network's values at sampled points of the ball on the child's side."""
+    from robustopt.verify.branching import bound_domains, locate, split_bounds
+
+    model, x, y, net, ball = _mlp_instance(4, 6, [16, 16], 4, Ball(0.3, "inf", 0.0, 1.0))
+    res, slopes, betas = bound_domains(net, x, ball, steps=5, compute_upper=False)
+    lo = torch.cat([b[0] for b in res.intermediate], 1)[0]
+    hi = torch.cat([b[1] for b in res.intermediate], 1)[0]
+    unstable = torch.nonzero((lo < 0) & (hi > 0)).flatten()
+    assert len(unstable) > 4
+    points = torch.stack([ball.random(x) for _ in range(4000)])[:, 0]
+    values = net(points)
+    pre, activation = [], points
+    for op in net.affine[:-1]:
+        pre.append(op.forward(activation))
+        activation = torch.relu(pre[-1])
+    pre = torch.cat(pre, 1)
+    checked = 0
+    for flat in unstable[:8]:
+        for active in (True, False):
+            bound = split_bounds(net, x, ball, res.intermediate, slopes, [None] * len(slopes), flat.view(1), active)
+            side = pre[:, flat] >= 0 if active else pre[:, flat] <= 0
+            assert (bound[0] <= values[side].amin(0) + 1e-9).all(), (int(flat), active)
+            checked += int(side.sum() > 0)
+    assert checked >= 8 and locate(net, unstable[:1])[0].item() == 0
+
+
+def test_children_are_bounded_on_the_rows_still_open_only(monkeypatch):
+    """Rows closed in every popped domain are left out of the children's bounding (they keep their parents'
+    bounds): some calls bound fewer rows than the network has, and the verdict is the MILP's."""
+    from robustopt.verify import bab_relu
+
+    widths, calls = [], bab_relu.bound_domains
+
+    def counting(net, *args, **kw):
+        widths.append(net.out_features)
+        return calls(net, *args, **kw)
+
+    monkeypatch.setattr(bab_relu, "bound_domains", counting)
+    model, x, y, norm, eps, (lower, upper) = _case(13)  # its 4th example: 3 rows closing at different depths
+    net = network(model, input_shape=x.shape[1:]).with_spec(margin_spec(y[3:], 4)[0])
+    x, ball = x[3:].flatten(1), Ball(eps, norm, lower, upper)
+    bab = run_method("bab", net, x, ball, compute_upper=False, stop_at=0.0, split="relu")
+    milp = run_method("milp", net, x, ball, compute_upper=False, stop_at=0.0)
+    assert bab.status.tolist() == milp.status.tolist() == ["optimal"]
+    assert min(widths) < net.out_features == widths[0] and bool((bab.lower > 0).all()) == bool((milp.lower > 0).all())
+
+
+def test_threshold_without_stop_at_is_infinite_until_a_point_is_found():
+    """Without stop_at a row closes below its best point's value; before any point it is +inf (not NaN:
+    inf - gap * inf), so every domain stays open and its rows count as open for branching."""
+    from robustopt.verify.bab_search import Search
+
+    model, x, y, net, ball = _mlp_instance(0, 4, [8], 3, Ball(0.1, "inf"))
+    search = Search(net, x, ball, None, None, 10, False)
+    assert torch.isinf(search.threshold()).all() and (search.threshold() > 0).all()
+    search.offer(x)
+    value = net(x)[0]
+    assert (search.threshold() < value).all() and (search.threshold() > value - 1e-5 * value.abs().clamp(min=1)).all()
+
+
 def _low_dimensional(seed, d):
     gen = torch.Generator().manual_seed(seed)
     return randomized(relu_mlp(d, [12, 12], 3), gen)

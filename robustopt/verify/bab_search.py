@@ -120,10 +120,10 @@ class Search:
         self.bar = tqdm(desc="bab", disable=not progress, leave=False)
 
     def threshold(self):
-        """(m,) the value a domain's row must exceed to be closed."""
+        """(m,) the value a domain's row must exceed to be closed (+inf for a row without a point yet)."""
         if self.stop_at is not None:
             return torch.full_like(self.best, self.stop_at)
-        return self.best - GAP * self.best.abs().clamp(min=1.0)
+        return torch.where(torch.isinf(self.best), self.best, self.best - GAP * self.best.abs().clamp(min=1.0))
 
     def falsified(self) -> bool:
         return self.stop_at is not None and bool((self.best <= self.stop_at).any())

@@ -24,7 +24,16 @@ every score is 0 (no open row pays an intercept) fall back to ``"widest"``: the 
 
 **Input branching** (:func:`input_choice`), ``"babsr"``: the coordinate with the largest
 :math:`|A_{r^*j}| (u_j - l_j)` (how much of the linear bound's looseness the coordinate carries; r* the domain's
-worst row), ``"widest"``: the widest coordinate.
+worst row; ``"fsb"`` ranks as ``"babsr"`` here), ``"widest"``: the widest coordinate.
+
+**Filtered smart branching** (:func:`filtered_choice`), ``"fsb"`` (De Palma et al., ICLR 2021, as α,β-CROWN's
+``kfsb``): the :data:`FSB_CANDIDATES` neurons with the best BaBSR scores are each tried: both children are
+bounded by one CROWN pass with the parent's pre-activation bounds, slopes and multipliers held (the split
+neuron's bounds clamped at 0: its relaxation becomes exact), a child's bound no lower than its parent's; the
+candidate whose better child leaves the least open, :math:`\max_{\text{child}} \sum_r \min(\ell_r - \theta_r, 0)`,
+is split (α,β-CROWN's ``reduceop: max``; the worse child, De Palma's choice, measured worse here: 855 against
+425 domains on an oval21 instance). Held bounds are valid on a child (it is a subset of its parent), so the
+estimates are sound; they only rank, and the beta-CROWN pass after the split bounds the children.
 """
 from __future__ import annotations
 
@@ -34,7 +43,8 @@ from ..sets import Ball
 from . import beta_crown, crown
 from .alpha_crown import Slopes
 
-BRANCHING = ("babsr", "widest")
+BRANCHING = ("babsr", "fsb", "widest")
+FSB_CANDIDATES = 8  # neurons tried per domain by "fsb"
 _POINT = Ball(0.0, "inf", None, None)  # radius 0: a bound pass evaluates the linear bound at the centre
 
 
@@ -96,18 +106,63 @@ def linear_bounds(net, intermediate, slopes):
     return A, c.expand(A.shape[:2])
 
 
-def relu_choice(intermediate, losses, branching):
-    """Per domain the neuron to split as a flat index over the ReLU layers in order, -1 where none is unstable
-    (a leaf); ``intermediate`` and ``losses`` per layer (D, h_k)."""
+def relu_scores(intermediate, losses, branching):
+    """Per domain and neuron (flat over the ReLU layers in order) the branching score, -1 where the neuron is
+    stable; ``intermediate`` and ``losses`` per layer (D, h_k). Returns (scores (D, H), unstable (D, H))."""
     lo = torch.cat([b[0] for b in intermediate], 1)
     hi = torch.cat([b[1] for b in intermediate], 1)
     unstable = (lo < 0) & (hi > 0)
     widest = torch.where(unstable, torch.minimum(hi, -lo), -1.0)
-    score = widest
-    if branching == "babsr":
-        babsr = torch.where(unstable, torch.cat(losses, 1), -1.0)
-        score = torch.where((babsr.amax(1, keepdim=True) > 0), babsr, widest)
-    choice = score.argmax(1)
+    if branching == "widest":
+        return widest, unstable
+    babsr = torch.where(unstable, torch.cat(losses, 1), -1.0)
+    return torch.where((babsr.amax(1, keepdim=True) > 0), babsr, widest), unstable
+
+
+def relu_choice(intermediate, losses, branching):
+    """Per domain the neuron to split as a flat index over the ReLU layers in order, -1 where none is unstable
+    (a leaf); ``intermediate`` and ``losses`` per layer (D, h_k). ``"fsb"`` here ranks as ``"babsr"``."""
+    score, unstable = relu_scores(intermediate, losses, branching)
+    return torch.where(unstable.any(1), score.argmax(1), -1)
+
+
+def split_bounds(net, x, ball, intermediate, slopes, betas, flat, active):
+    """CROWN bounds (D, m) of the output rows on D domains with neuron ``flat`` (D,) (flat indices, see
+    :func:`relu_choice`) fixed ``active`` (z >= 0) or not (z <= 0), every other relaxation held: per ReLU layer
+    ``intermediate`` (lower, upper) (D, h_k), lower ``slopes`` (D, m, h_k), ``betas`` signed terms or None."""
+    layer, neuron = locate(net, flat)
+    held = []
+    for k, (lo, hi) in enumerate(intermediate):
+        which = torch.nonzero(layer == k).flatten()
+        if len(which):
+            lo, hi = lo.clone(), hi.clone()
+            (lo if active else hi)[which, neuron[which]] = 0.0
+        held.append(crown.ReluRelaxation.from_bounds(lo, hi))
+    op, top = net.affine[-1], len(net.affine) - 1
+    everything = torch.arange(op.out_features, device=x.device)
+    return crown.propagate(net, op.rows(everything), op.bias_rows(everything), top - 1, held, slopes, x, ball,
+                           betas)
+
+
+@torch.no_grad()
+def filtered_choice(net, x, ball, intermediate, slopes, betas, losses, lower, threshold,
+                    candidates=FSB_CANDIDATES):
+    """``"fsb"`` (see the module docstring): per domain the neuron to split, -1 for a leaf. ``x`` (D, d) the
+    domains' centres, ``lower`` (D, m) their bounds, ``threshold`` (m,); the rest as :func:`split_bounds`."""
+    score, unstable = relu_scores(intermediate, losses, "babsr")
+    top = torch.topk(score, min(candidates, score.shape[1]), dim=1)
+    tried = top.indices.T.contiguous()  # (candidates, D)
+    best, choice = None, tried[0]
+    for j, flat in enumerate(tried):
+        closer = None  # per domain: of the two children, the one with the least left open
+        for active in (True, False):
+            child = torch.maximum(split_bounds(net, x, ball, intermediate, slopes, betas, flat, active), lower)
+            left = (child - threshold).clamp(max=0).sum(1)
+            closer = left if closer is None else torch.maximum(closer, left)
+        closer = torch.where(top.values[:, j] >= 0, closer, float("-inf"))  # a stable neuron is no candidate
+        better = closer > best if best is not None else torch.ones_like(closer, dtype=torch.bool)
+        best = closer if best is None else torch.maximum(best, closer)
+        choice = torch.where(better, flat, choice)
     return torch.where(unstable.any(1), choice, -1)
 
 
@@ -122,7 +177,7 @@ def input_choice(A, lo, hi, branching):
     """Per domain the input coordinate to split, -1 where the box is a point; A, lo, hi (D, d)."""
     width = hi - lo
     score = width
-    if branching == "babsr":
+    if branching in ("babsr", "fsb"):
         babsr = A.abs() * width
         score = torch.where(babsr.amax(1, keepdim=True) > 0, babsr, width)
     return torch.where((width > 0).any(1), score.argmax(1), -1)

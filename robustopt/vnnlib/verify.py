@@ -137,7 +137,7 @@ class _Run:
         lb = spec_bounds(model, self.x, C, self.eps, "inf", method, self.lower, self.upper, **options)[0]
         return lb.detach().cpu().double().numpy()
 
-    def exact(self, method) -> str | None:
+    def exact(self, method, options) -> str | None:
         """A complete method (``"milp"`` or ``"bab"``) on h_i of the open disjuncts, stopping as soon as the verdict
         is known, within the time left. Returns "timeout" when time ran out with disjuncts open, else None
         (refuted disjuncts are dropped; a replayed point becomes the witness)."""
@@ -146,7 +146,8 @@ class _Run:
         objective = objective_model(self.model, self.prop, self.open, self.shape)
         problem = Problem(objective, self.x, self.eps, "inf", self.lower, self.upper)
         eye = torch.eye(len(self.open), dtype=torch.float64, device=self.x.device)
-        options = {"stop_at": 0.0, "time_limit": None if self.time_limit is None else max(self.left(), 1e-3)}
+        options = options | {"stop_at": 0.0,
+                             "time_limit": None if self.time_limit is None else max(self.left(), 1e-3)}
         res = problem.bounds(eye, method, torch.arange(1, device=self.x.device), options)
         points = res.points[0]
         points = points[~torch.isnan(points).any(1)]
@@ -182,7 +183,7 @@ def _input_shape(model, prop, input_shape) -> tuple:
 
 
 def verify_property(model, prop, method="auto", time_limit=DEFAULT_TIME_LIMIT, *, input_shape=None, attack=True,
-                    attack_steps=100, attack_restarts=16, seed=0) -> dict:
+                    attack_steps=100, attack_restarts=16, seed=0, complete_options=None) -> dict:
     """Decide ``prop`` (a :class:`Property`) for ``model`` (an ``nn.Sequential`` of supported layers, e.g.
     from :func:`robustopt.onnx.load`); see the module docstring.
 
@@ -195,7 +196,9 @@ def verify_property(model, prop, method="auto", time_limit=DEFAULT_TIME_LIMIT, *
     The complete stage's status "error" (a leaf or program it could not settle) is "unknown".
     ``input_shape``: the shape of one input (default ``model.input_shape``, else flat). ``attack=False`` (the
     centre is still checked) skips the attacks; ``attack_steps`` (PGD steps), ``attack_restarts`` (random
-    starts, run as one batch) and ``seed`` configure them.
+    starts, run as one batch) and ``seed`` configure them. ``complete_options``: a dict of options for the
+    complete stage's method (``"bab"``: e.g. ``branching``, ``domain_batch``, ``max_domains``, ``split``; see
+    ``robustopt.verify.bab``), all but ``time_limit`` and ``stop_at``, which this function sets.
 
     Returns a dict: ``result`` ("sat", "unsat", "timeout", "unknown"), ``counterexample`` (for sat:
     ``{"x": (num_inputs,), "y": (num_outputs,)}`` float64 arrays, the replayed witness; else None),
@@ -212,7 +215,12 @@ def verify_property(model, prop, method="auto", time_limit=DEFAULT_TIME_LIMIT, *
     attack_steps = check_positive_int(attack_steps, "attack_steps")
     attack_restarts = check_positive_int(attack_restarts, "attack_restarts")
     shape = _input_shape(model, prop, input_shape)
-    options = dict(attack=attack, attack_steps=attack_steps, attack_restarts=attack_restarts, seed=seed)
+    complete_options = {} if complete_options is None else complete_options
+    if not isinstance(complete_options, dict) or {"time_limit", "stop_at"} & set(complete_options):
+        raise ValueError("complete_options must be a dict of the complete method's options other than time_limit "
+                         f"and stop_at (verify_property sets them); got {complete_options!r}")
+    options = dict(attack=attack, attack_steps=attack_steps, attack_restarts=attack_restarts, seed=seed,
+                   complete_options=complete_options)
     if isinstance(prop, PropertyUnion):
         return _verify_union(model, prop, method, time_limit, shape, options)
     return _verify(model, prop, method, time_limit, shape, **options)
@@ -248,7 +256,8 @@ def _verify_union(model, union, method, time_limit, shape, options) -> dict:
             "disjunct_lower": np.concatenate(lower), "parts": reports}
 
 
-def _verify(model, prop, method, time_limit, shape, *, attack, attack_steps, attack_restarts, seed) -> dict:
+def _verify(model, prop, method, time_limit, shape, *, attack, attack_steps, attack_restarts, seed,
+            complete_options) -> dict:
     """:func:`verify_property` on one :class:`Property` (arguments checked)."""
     run = _Run(model, prop, time_limit, shape)
     if run.try_witness(run.x, "attack") or (attack and run.attack(attack_steps, attack_restarts, seed, False)):
@@ -266,7 +275,7 @@ def _verify(model, prop, method, time_limit, shape, *, attack, attack_steps, att
             return run.report("sat")
         if run.out_of_time():
             return run.report("timeout")
-        verdict = run.exact(AUTO_COMPLETE if method == "auto" else method)
+        verdict = run.exact(AUTO_COMPLETE if method == "auto" else method, complete_options)
         if run.witness is not None:
             return run.report("sat")
         if verdict is not None:
