@@ -131,7 +131,8 @@ def test_split_bounds_hold_on_each_child():
     checked = 0
     for flat in unstable[:8]:
         for active in (True, False):
-            bound = split_bounds(net, x, ball, res.intermediate, slopes, [None] * len(slopes), flat.view(1), active)
+            bound = split_bounds(net, x, ball, res.intermediate, slopes, [None] * len(slopes), flat.view(1),
+                                 torch.tensor([active]))
             side = pre[:, flat] >= 0 if active else pre[:, flat] <= 0
             assert (bound[0] <= values[side].amin(0) + 1e-9).all(), (int(flat), active)
             checked += int(side.sum() > 0)
@@ -170,6 +171,26 @@ def test_threshold_without_stop_at_is_infinite_until_a_point_is_found():
     search.offer(x)
     value = net(x)[0]
     assert (search.threshold() < value).all() and (search.threshold() > value - 1e-5 * value.abs().clamp(min=1)).all()
+
+
+def test_crowded_searches_pop_the_domains_nearest_to_closing_and_stay_exact():
+    """Past half of max_domains the search pops the domains nearest to closing first; the verdict and the
+    bound's side of 0 stay the MILP's (here crowded from the first steps: cap 20, batches of 8)."""
+    from robustopt.verify.bab_search import Domains
+
+    domains = Domains(2, torch.zeros(1, dtype=torch.float64))
+    lower = torch.tensor([[-3.0, 5.0], [-1.0, -2.0], [-0.5, 1.0], [-4.0, 0.0]], dtype=torch.float64)
+    domains.push(lower, torch.zeros(2, dtype=torch.float64), tag=torch.arange(4))
+    assert domains.pop(2, torch.zeros(2, dtype=torch.float64), nearest=True)[1]["tag"].tolist() == [2, 1]
+    assert domains.pop(1, torch.zeros(2, dtype=torch.float64))[1]["tag"].tolist() == [3]
+    model, x, y, norm, eps, (lower, upper) = _case(13)
+    net = network(model, input_shape=x.shape[1:]).with_spec(margin_spec(y[3:], 4)[0])
+    x, ball = x[3:].flatten(1), Ball(eps, norm, lower, upper)
+    crowded = run_method("bab", net, x, ball, compute_upper=False, stop_at=0.0, split="relu", max_domains=20,
+                         domain_batch=8)
+    milp = run_method("milp", net, x, ball, compute_upper=False, stop_at=0.0)
+    assert crowded.status.tolist() == ["optimal"] and crowded.info["domains"][0] > 20
+    assert bool((crowded.lower > 0).all()) == bool((milp.lower > 0).all())
 
 
 def _low_dimensional(seed, d):

@@ -159,6 +159,11 @@ def test_bad_input(digits):
     wrong = local_robustness(Xt[0], 0, 0.01, 3)
     with pytest.raises(ValueError, match="outputs"):
         verify_property(model, wrong)
+    for options, match in (({"time_limit": 5}, "complete_options"), ([("branching", "fsb")], "complete_options"),
+                           ({"branching": "random"}, "branching"), ({"beam": 2}, "unknown option")):
+        with pytest.raises(ValueError, match=match):
+            verify_property(model, local_robustness(Xt[3], int(yt[3]), 0.08, 10), method="bab", attack=False,
+                            complete_options=options)
 
 
 @pytest.mark.parametrize("seed", range(8))  # sat in the first box (2, 4, 6), in the second only (0, 1, 3, 5), unsat (7)
@@ -227,9 +232,11 @@ def _general_case(seed):
     return model, shape, Property(np.clip(centre - radius, 0, 1), np.clip(centre + radius, 0, 1), disjuncts, k)
 
 
-def _bab_equals_milp(seed, time_limit=None):
+def _bab_equals_milp(seed, time_limit=None, branching=None):
     model, _, prop = _general_case(seed)
-    got = {m: verify_property(model, prop, method=m, time_limit=time_limit, attack=False) for m in ("bab", "milp")}
+    options = {"bab": {} if branching is None else {"branching": branching}, "milp": {}}
+    got = {m: verify_property(model, prop, method=m, time_limit=time_limit, attack=False,
+                              complete_options=options[m]) for m in ("bab", "milp")}
     for report in got.values():
         _check_report(model, prop, report)
     assert got["bab"]["result"] == got["milp"]["result"] in ("sat", "unsat"), (seed, got["bab"]["result"],
@@ -242,6 +249,12 @@ def test_bab_verdicts_equal_the_milp_on_general_properties(seed):
     """Disjunctions of conjunctions on random MLPs and conv nets, attacks off (the complete stage decides): branch
     and bound (input splitting below 21 free inputs, ReLU splitting above) and the MILP give the same verdict."""
     _bab_equals_milp(seed)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_babsr_branching_verdicts_equal_the_milp_on_general_properties(seed):
+    """The same with ``complete_options={"branching": "babsr"}`` (ReLU splits' default is "fsb")."""
+    _bab_equals_milp(seed, branching="babsr")
 
 
 @pytest.mark.slow

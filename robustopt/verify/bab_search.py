@@ -9,7 +9,9 @@ domain), the centre x (1, d), the ball B and the clock. It keeps
 - the **threshold** :math:`\theta_r` a domain's row must exceed to be closed: ``stop_at`` when given (the
   question is whether :math:`\min_B g_r > t`; a point with :math:`g_r \le t` answers it, ties included), else
   :math:`U_r - \mathrm{gap}(U_r)` with :data:`GAP` relative (the bound is then the minimum within the gap);
-- the open domains (:class:`Domains`), best first: the domain whose worst row is furthest below its threshold.
+- the open domains (:class:`Domains`), best first: the domain whose worst row is furthest below its threshold;
+  once they fill half of ``max_domains``, nearest to closing first (the open set then shrinks where children
+  close, as α,β-CROWN's depth-first order keeps it small, instead of stopping at the cap).
 
 The lower bound returned for row r is the minimum of the row's bound over the open domains and over every
 domain discarded (closed, infeasible, or a leaf the LP could not settle): the domains always cover B, so it is
@@ -70,14 +72,14 @@ class Domains:
             store[self.size:end] = fields[name]
         self.size = end
 
-    def pop(self, k, threshold):
+    def pop(self, k, threshold, nearest=False):
         """Discard the open domains now proven above ``threshold``, then remove and return the k whose worst row
-        is furthest below it: (lower (k, m), {name: (k, ...)})."""
+        is furthest below it (``nearest``: closest to it): (lower (k, m), {name: (k, ...)})."""
         lower = self.lower[:self.size]
         self._remove(torch.nonzero((lower > threshold).all(1)).flatten(), discard=True)
         k = min(k, self.size)
         key = (self.lower[:self.size] - threshold).amin(1)
-        idx = torch.topk(key, k, largest=False).indices
+        idx = torch.topk(key, k, largest=nearest).indices
         out = self.lower[idx].clone(), {n: v[idx].clone() for n, v in zip(self.names or [], self.fields)}
         self._remove(idx, discard=False)
         return out
@@ -182,7 +184,8 @@ class Search:
 
 
 def run(search, strategy, batch_size, root=True):
-    """Branch and bound until decided, out of time or out of domains; returns the status ("optimal": decided,
+    """Branch and bound until decided, out of time or out of domains (best first; nearest to closing first past
+    half of ``search.max_domains``); returns the status ("optimal": decided,
     "time_limit": stopped early, the bound still sound; "error": a leaf could not be settled). Near the time limit
     a step takes only the domains that the last step's seconds per domain say fit in the time left.
     ``root=False`` goes on with the domains ``search`` has (after a stop, with a later ``search.deadline``)."""
@@ -204,7 +207,10 @@ def run(search, strategy, batch_size, root=True):
             if count < 1:
                 return search.finish("time_limit")
         tic = time.perf_counter()
-        lower, fields = search.domains.pop(count, threshold)
+        # past half the cap on open domains, the domains nearest to closing go first: their children close
+        # and the open set shrinks (the order never matters for soundness)
+        crowded = 2 * (len(search.domains) + batch_size) > search.max_domains
+        lower, fields = search.domains.pop(count, threshold, nearest=crowded)
         if len(lower):
             strategy.expand(search, lower, fields)
             rate = (time.perf_counter() - tic) / len(lower)

@@ -128,15 +128,17 @@ def relu_choice(intermediate, losses, branching):
 
 def split_bounds(net, x, ball, intermediate, slopes, betas, flat, active):
     """CROWN bounds (D, m) of the output rows on D domains with neuron ``flat`` (D,) (flat indices, see
-    :func:`relu_choice`) fixed ``active`` (z >= 0) or not (z <= 0), every other relaxation held: per ReLU layer
-    ``intermediate`` (lower, upper) (D, h_k), lower ``slopes`` (D, m, h_k), ``betas`` signed terms or None."""
+    :func:`relu_choice`) fixed active (z >= 0) where ``active`` (D,) is True, else inactive (z <= 0), every other
+    relaxation held: per ReLU layer ``intermediate`` (lower, upper) (D, h_k), lower ``slopes`` (D, m, h_k),
+    ``betas`` signed terms (D, m, h_k) or None."""
     layer, neuron = locate(net, flat)
     held = []
     for k, (lo, hi) in enumerate(intermediate):
         which = torch.nonzero(layer == k).flatten()
         if len(which):
+            at, on = (which, neuron[which]), active[which]
             lo, hi = lo.clone(), hi.clone()
-            (lo if active else hi)[which, neuron[which]] = 0.0
+            lo[at], hi[at] = torch.where(on, 0.0, lo[at]), torch.where(on, hi[at], 0.0)
         held.append(crown.ReluRelaxation.from_bounds(lo, hi))
     op, top = net.affine[-1], len(net.affine) - 1
     everything = torch.arange(op.out_features, device=x.device)
@@ -151,14 +153,17 @@ def filtered_choice(net, x, ball, intermediate, slopes, betas, losses, lower, th
     domains' centres, ``lower`` (D, m) their bounds, ``threshold`` (m,); the rest as :func:`split_bounds`."""
     score, unstable = relu_scores(intermediate, losses, "babsr")
     top = torch.topk(score, min(candidates, score.shape[1]), dim=1)
-    tried = top.indices.T.contiguous()  # (candidates, D)
-    best, choice = None, tried[0]
-    for j, flat in enumerate(tried):
-        closer = None  # per domain: of the two children, the one with the least left open
-        for active in (True, False):
-            child = torch.maximum(split_bounds(net, x, ball, intermediate, slopes, betas, flat, active), lower)
-            left = (child - threshold).clamp(max=0).sum(1)
-            closer = left if closer is None else torch.maximum(closer, left)
+    D = len(x)
+    both = lambda t: None if t is None else torch.cat([t, t])  # noqa: E731 -- the two children, stacked
+    x2, lower2 = both(x), both(lower)
+    inter2 = [(both(lo), both(hi)) for lo, hi in intermediate]
+    slopes2, betas2 = [both(s) for s in slopes], [both(b) for b in betas]
+    active = torch.arange(2 * D, device=x.device) < D
+    best, choice = None, top.indices[:, 0]
+    for j, flat in enumerate(top.indices.T.contiguous()):  # (D,) per candidate
+        child = torch.maximum(split_bounds(net, x2, ball, inter2, slopes2, betas2, both(flat), active), lower2)
+        left = (child - threshold).clamp(max=0).sum(1)
+        closer = torch.maximum(left[:D], left[D:])  # of the two children, the one with the least left open
         closer = torch.where(top.values[:, j] >= 0, closer, float("-inf"))  # a stable neuron is no candidate
         better = closer > best if best is not None else torch.ones_like(closer, dtype=torch.bool)
         best = closer if best is None else torch.maximum(best, closer)
