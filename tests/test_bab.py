@@ -244,9 +244,11 @@ def test_input_split_children_keep_their_parents_pre_activation_bounds(monkeypat
     computed, so the stored bounds are those of the larger box (still true on the clipped one)."""
     from robustopt.verify import bab_input
     from robustopt.verify.bab_input import InputSplit, cover
-    from robustopt.verify.bab_search import Search, run
+    from robustopt.verify.bab_search import Domains, Search, run
 
     monkeypatch.setattr(bab_input, "clip", lambda lo, hi, *rest: (lo, hi))
+    best_first = Domains.pop  # best first throughout, so that max_domains stops the search with domains open
+    monkeypatch.setattr(Domains, "pop", lambda self, k, threshold, nearest=False: best_first(self, k, threshold))
 
     model = randomized(relu_mlp(3, [32, 32, 32], 3), torch.Generator().manual_seed(1))
     x = torch.full((1, 3), 0.5, dtype=torch.float64)
