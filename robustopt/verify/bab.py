@@ -5,7 +5,8 @@ For each example and output row r of the (spec-folded) network g, the method ret
 every row is above the threshold are closed, the others are split further, best first (:mod:`.bab_search`):
 
 - ``split="relu"`` (:mod:`.bab_relu`): fix one unstable neuron active / inactive, chosen by filtered smart
-  branching (the best of BaBSR's top candidates by a one-pass bound of their children, :mod:`.branching`); children bounded by beta-CROWN warm-started from their parent; leaves (no unstable
+  branching (the best of BaBSR's top candidates by a one-pass bound of their children, :mod:`.branching`);
+  children bounded by beta-CROWN warm-started from their parent, on the rows still open; leaves (no unstable
   neuron left) settled by a linear program whose duals give a bound checked in float64. Complete.
 - ``split="input"`` (:mod:`.bab_input`): halve the box along its widest coordinate (or, ``branching="babsr"``,
   the one with the largest :math:`|A_j| \cdot` width in the linear bound); l_inf only. Decides every row whose
@@ -27,13 +28,14 @@ Options: ``time_limit`` (seconds per example), ``domain_batch`` (domains bounded
 slopes and multipliers worth optimizing, input boxes are many and cheap; on ACAS Xu the widest coordinate decided 4
 of 7 hard instances in 20 s where BaBSR's input score decided none: it keeps splitting coordinates whose share of
 the linear bound is large but whose halves bound no better; on oval21 "fsb" took cifar_deep_kw img5533 from 58 s
-to 14 s and cifar_wide_kw img19 from 73 s to 32 s against "babsr", and tied on MNIST MLPs), ``max_domains`` (open domains kept; default: what
-fits in :data:`DOMAIN_MEMORY` bytes), ``split``, ``stop_at``, ``refine`` (default True; see below), ``progress``
-(a tqdm bar: domains bounded and open, global lower bound, best value). Out of time or of domains, the bound so
-far is returned (still sound) with status "time_limit" (``certify``: unknown); "optimal" when decided; "error"
-when a leaf could not be settled (solver failure, or a tie within rounding). ``upper`` (``compute_upper=True``):
-the root's alpha-CROWN upper bounds, not refined. ``intermediate=`` bounds the root; ``return_intermediate``
-returns the root's.
+to 14 s and cifar_wide_kw img19 from 73 s to 32 s against "babsr", and tied on MNIST MLPs), ``max_domains``
+(open domains kept; default: what fits in :data:`DOMAIN_MEMORY` bytes; past half of it the search pops the
+domains nearest to closing first, :mod:`.bab_search`), ``split``, ``stop_at``, ``refine`` (default True; see
+below), ``progress`` (a tqdm bar: domains bounded and open, global lower bound, best value). Out of time or of
+domains, the bound so far is returned (still sound) with status "time_limit" (``certify``: unknown); "optimal"
+when decided; "error" when a leaf could not be settled (solver failure, or a tie within rounding). ``upper``
+(``compute_upper=True``): the root's alpha-CROWN upper bounds, not refined. ``intermediate=`` bounds the root;
+``return_intermediate`` returns the root's.
 ``info`` (lists, one entry per example): domains bounded, domains still open, undecided leaves, seconds, the
 split used, the neurons made stable by refinement.
 

@@ -126,7 +126,7 @@ class ReluSplit:
     def _bound(self, search, net=None, **kw):
         left = search.left()
         n = len(kw["splits"][0]) if kw.get("splits") else 1
-        return bound_domains(net or self.net, self.x.expand(n, -1), self.ball, steps=self.steps,
+        return bound_domains(self.net if net is None else net, self.x.expand(n, -1), self.ball, steps=self.steps,
                              stop_at=search.stop_at, time_limit=None if left is None else max(left, 1e-3) / n, **kw)
 
     def _rows_net(self, rows):
