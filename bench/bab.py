@@ -183,7 +183,8 @@ def main(argv=None):
                         help="comma-separated substrings: of the instances chosen, those whose name contains one, "
                              "in this order (e.g. --only img4549,img1697)")
     parser.add_argument("--official", action="store_true", help="the instances CSV's own timeouts")
-    parser.add_argument("--methods", default="bab,milp", help="comma-separated: bab, milp, auto, bab:BRANCHING (default bab,milp)")
+    parser.add_argument("--methods", default="bab,milp",
+                        help="comma-separated: bab, milp, auto, bab:BRANCHING (default bab,milp)")
     parser.add_argument("--out", default=".bench/bab_results.csv", help="results CSV (appended; resumable)")
     parser.add_argument("--peer", default=None, help="α,β-CROWN results CSV to compare with")
     parser.add_argument("--report", action="store_true", help="only summarize --out (and --peer)")

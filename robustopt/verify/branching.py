@@ -154,7 +154,10 @@ def filtered_choice(net, x, ball, intermediate, slopes, betas, losses, lower, th
     score, unstable = relu_scores(intermediate, losses, "babsr")
     top = torch.topk(score, min(candidates, score.shape[1]), dim=1)
     D = len(x)
-    both = lambda t: None if t is None else torch.cat([t, t])  # noqa: E731 -- the two children, stacked
+
+    def both(t):  # the two children, stacked: active ones first
+        return None if t is None else torch.cat([t, t])
+
     x2, lower2 = both(x), both(lower)
     inter2 = [(both(lo), both(hi)) for lo, hi in intermediate]
     slopes2, betas2 = [both(s) for s in slopes], [both(b) for b in betas]
