@@ -332,11 +332,12 @@ def _mlp_instance(seed, d, widths, k, ball):
     return model, x, y, net, ball
 
 
-def test_refined_layer_bounds_are_exact_minima_when_the_search_ends():
+def test_refined_layer_bounds_are_the_exact_minima_within_the_row_gap():
     """refine_layer's bounds on layer 1 lie inside alpha-CROWN's, are tighter, contain the pre-activations of
-    sampled points, and (its search over this small prefix ends well within the time limit) equal the exact
-    minima of z and -z that the MILP finds."""
-    from robustopt.verify.refine import prefix_network, refine_layer
+    sampled points, and (its searches over this small prefix end well within the time limit) each lies below the
+    exact minimum of z or -z that the MILP finds: within ROW_GAP of it, or above 0 where the minimum is (a neuron
+    proven stable needs no tighter bound)."""
+    from robustopt.verify.refine import ROW_GAP, prefix_network, refine_layer
 
     model, x, y, net, ball = _mlp_instance(0, 8, [16, 16, 16], 4, Ball(0.2, "inf", 0.0, 1.0))
     inter = run_method("alpha-crown", net, x, ball, compute_upper=False, return_intermediate=True).intermediate
@@ -352,10 +353,35 @@ def test_refined_layer_bounds_are_exact_minima_when_the_search_ends():
     eye = torch.eye(lo.shape[1], dtype=x.dtype)[unstable]
     exact = run_method("milp", prefix.with_spec(torch.cat([eye, -eye])), x, ball, compute_upper=False,
                        intermediate=inter[:1]).lower[0]
-    u = len(unstable)
-    assert torch.allclose(lo[0, unstable], exact[:u], atol=1e-5)
-    assert torch.allclose(-hi[0, unstable], exact[u:], atol=1e-5)
+    found = torch.cat([lo[0, unstable], -hi[0, unstable]])
+    assert (found <= exact + 1e-6).all()
+    positive = exact > 0
+    assert (~positive).any()
+    assert (found[positive] > 0).all()
+    slack = ROW_GAP * exact[~positive].abs().clamp(min=1.0)
+    assert (found[~positive] >= exact[~positive] - slack - 1e-6).all()
     assert stable == int((((lo >= 0) | (hi <= 0)) & (old_lo < 0) & (old_hi > 0)).sum())
+
+
+def test_gap_and_enough_end_a_search_early_with_a_sound_bound():
+    """bab's ``gap``: the bound lies within gap * max(1, |minimum|) below the exact minimum (MILP), in fewer
+    domains than the default's; ``enough``: a row is closed once its bound exceeds it (still below the minimum)."""
+    model, x, y, net, ball = _mlp_instance(3, 8, [16, 16, 16], 4, Ball(0.2, "inf", 0.0, 1.0))
+    exact = run_method("milp", net, x, ball, compute_upper=False).lower[0]
+    default = run_method("bab", net, x, ball, compute_upper=False, split="relu", refine=False)
+    loose = run_method("bab", net, x, ball, compute_upper=False, split="relu", refine=False, gap=0.05)
+    assert torch.allclose(default.lower[0], exact, atol=1e-5)
+    assert (loose.lower[0] <= exact + 1e-6).all()
+    assert (loose.lower[0] >= exact - 0.05 * exact.abs().clamp(min=1.0) - 1e-6).all()
+    assert loose.info["domains"][0] < default.info["domains"][0]
+    enough = float(exact.min()) - 0.5
+    early = run_method("bab", net, x, ball, compute_upper=False, split="relu", refine=False, enough=enough)
+    assert (early.lower[0] > enough).all() and (early.lower[0] <= exact + 1e-6).all()
+    assert early.info["domains"][0] < default.info["domains"][0]
+    with pytest.raises(ValueError, match="gap"):
+        run_method("bab", net, x, ball, gap=-1.0)
+    with pytest.raises(ValueError, match="enough"):
+        run_method("bab", net, x, ball, enough=float("nan"))
 
 
 @pytest.mark.parametrize("refinable", [True, False])

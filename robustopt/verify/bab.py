@@ -18,7 +18,9 @@ every row is above the threshold are closed, the others are split further, best 
 
 The threshold: with ``stop_at=t`` (what ``certify`` passes, t = 0) an example is decided once every domain has
 every row > t, or a point of the ball with some :math:`g_r \le t` is found (ties count); without it, the search
-runs until each row's bound is within a relative 1e-6 of the best value found (the exact minimum). Candidate points
+runs until each row's bound is within a relative ``gap`` (default 1e-6, :data:`~.bab_search.GAP`) of the best
+value found: :math:`U_r - \mathrm{gap} \cdot \max(1, |U_r|)` (with the default, the exact minimum), or above
+``enough`` when given (the refinement's per-neuron searches: a neuron proven stable needs no tighter bound). Candidate points
 (bound minimizers, short descents, the leaves' LP solutions) are replayed through the network in its dtype; the
 best per row is ``Bounds.points`` (n, m, d), NaN where none (the API replays them again).
 
@@ -59,7 +61,7 @@ from .._validation import check_choice, check_positive_int
 from ..sets import Ball
 from .bab_input import InputSplit
 from .bab_relu import ReluSplit
-from .bab_search import Search, run
+from .bab_search import GAP, Search, run
 from .branching import BRANCHING
 from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
 from .network import Network
@@ -68,7 +70,7 @@ from .refine import MAX_NEURONS, refine_layers, unstable_count
 
 NORMS = ("inf", 1)
 OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "domain_batch", "max_domains", "branching", "split", "steps",
-                            "refine", "progress"}
+                            "refine", "progress", "gap", "enough"}
 SOLVER = True
 EXACT = True  # without stop_at, an example that ends "optimal" has its exact minimum, to a gap of 1e-6 (|v| + 1)
 TAKES_TIME_LIMIT = True
@@ -119,9 +121,10 @@ def _max_domains(net, max_domains, mode):
 
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, time_limit=None,
            stop_at=None, domain_batch=None, max_domains=None, branching=None, split="auto", steps=None,
-           refine=True, progress=False) -> Bounds:
+           refine=True, progress=False, gap=GAP, enough=None) -> Bounds:
     """Branch-and-bound lower bounds on every output row of ``net`` over the ball (see the module docstring)."""
     time_limit, stop_at = check_time_limit(time_limit), check_stop_at(stop_at)
+    enough = check_stop_at(enough, "enough")
     if domain_batch is not None:
         domain_batch = check_positive_int(domain_batch, "domain_batch", minimum=2)
     if steps is not None:
@@ -131,6 +134,8 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
     if branching is not None:
         check_choice(branching, BRANCHING, "branching")
     check_choice(split, SPLITS, "split")
+    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0 <= gap < float("inf"):
+        raise ValueError(f"gap must be a finite number >= 0 (a relative gap); got {gap!r}")
     for name, value in (("progress", progress), ("refine", refine)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False; got {value!r}")
@@ -153,7 +158,7 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
                 branching=default["branching"] if branching is None else branching, compute_upper=compute_upper,
                 intermediate=given)
             search = Search(example_net, centre, example_ball, stop_at, deadline,
-                            _max_domains(example_net, max_domains, mode), progress)
+                            _max_domains(example_net, max_domains, mode), progress, float(gap), enough)
             return strategy, search
 
         refining = refine and mode == "relu" and time_limit is not None and len(example_net.relu_sizes) >= 2

@@ -8,7 +8,8 @@ domain), the centre x (1, d), the ball B and the clock. It keeps
   bound on :math:`\min_B g_r`, and the point;
 - the **threshold** :math:`\theta_r` a domain's row must exceed to be closed: ``stop_at`` when given (the
   question is whether :math:`\min_B g_r > t`; a point with :math:`g_r \le t` answers it, ties included), else
-  :math:`U_r - \mathrm{gap}(U_r)` with :data:`GAP` relative (the bound is then the minimum within the gap);
+  :math:`U_r - \mathrm{gap} \cdot \max(1, |U_r|)` (``gap``: :data:`GAP` by default; the bound is then the minimum
+  within the gap), and at most ``enough`` when given (a bound above it is all the caller needs);
 - the open domains (:class:`Domains`), best first: the domain whose worst row is furthest below its threshold;
   once they fill half of ``max_domains``, nearest to closing first (the open set then shrinks where children
   close, as α,β-CROWN's depth-first order keeps it small, instead of stopping at the cap).
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 GAP = 1e-6  # relative gap closing a row without stop_at: lower > U - GAP * max(1, |U|)
 PGD_STEPS = 10
+DESCENT_BACKOFF = 16  # a descent that finds nothing waits twice as many calls before the next, up to this many
 
 
 class Domains:
@@ -108,10 +110,11 @@ def _grow(t, rows):
 
 class Search:
     """The state of one example's branch and bound (see the module docstring). ``deadline``: a
-    ``time.perf_counter()`` value or None; ``max_domains``: the most open domains kept."""
+    ``time.perf_counter()`` value or None; ``max_domains``: the most open domains kept; ``gap``: the relative gap
+    closing a row without ``stop_at``; ``enough``: None, or a value above which a row is closed in any case."""
 
-    def __init__(self, net, x, ball, stop_at, deadline, max_domains, progress):
-        self.net, self.x, self.ball, self.stop_at = net, x, ball, stop_at
+    def __init__(self, net, x, ball, stop_at, deadline, max_domains, progress, gap=GAP, enough=None):
+        self.net, self.x, self.ball, self.stop_at, self.gap, self.enough = net, x, ball, stop_at, gap, enough
         self.deadline, self.max_domains = deadline, max_domains
         m = net.out_features
         self.best = x.new_full((m,), float("inf"))
@@ -119,13 +122,15 @@ class Search:
         self.domains = Domains(m, x)
         self.undecided = 0  # leaves discarded without being settled (see bab_relu)
         self.bounded = 0
+        self.descent_every, self.descent_wait = 1, 0  # descent back-off: see descend
         self.bar = tqdm(desc="bab", disable=not progress, leave=False)
 
     def threshold(self):
         """(m,) the value a domain's row must exceed to be closed (+inf for a row without a point yet)."""
         if self.stop_at is not None:
             return torch.full_like(self.best, self.stop_at)
-        return torch.where(torch.isinf(self.best), self.best, self.best - GAP * self.best.abs().clamp(min=1.0))
+        gap = torch.where(torch.isinf(self.best), self.best, self.best - self.gap * self.best.abs().clamp(min=1.0))
+        return gap if self.enough is None else gap.clamp(max=self.enough)
 
     def falsified(self) -> bool:
         return self.stop_at is not None and bool((self.best <= self.stop_at).any())
@@ -149,10 +154,16 @@ class Search:
     def descend(self, starts, ball, centre):
         """A short projected descent on min_r g_r from ``starts`` (k, d) inside ``ball`` around ``centre`` (k, d),
         offering every iterate: the step is a quarter of the box's width (l_inf) or of eps (l_1), shrinking
-        linearly to zero. Skipped once the time is up."""
+        linearly to zero. Skipped once the time is up, and backed off: after a descent that improves no row's
+        incumbent, the next 1, 2, 4, ... (up to :data:`DESCENT_BACKOFF`) calls are skipped (one that improves
+        resets it); the bound minimizers are still offered every step by the strategies."""
         left = self.left()
         if len(starts) == 0 or (left is not None and left <= 0):
             return
+        self.descent_wait -= 1
+        if self.descent_wait > 0:
+            return
+        before = self.best.clone()
         lo, hi = ball.box(centre)
         scale = (hi - lo) / 4 if ball.norm == "inf" else torch.as_tensor(ball.eps).to(centre).reshape(-1, 1) / 4
         point = starts.detach()
@@ -162,6 +173,9 @@ class Search:
                 grad, = torch.autograd.grad(self.net(point).amin(1).sum(), point)
             point = ball.project(point.detach() - scale * (1 - t / PGD_STEPS) * ball.steepest_ascent(grad), centre)
             self.offer(point)
+        improved = bool((self.best < before).any())
+        self.descent_every = 1 if improved else min(2 * self.descent_every, DESCENT_BACKOFF)
+        self.descent_wait = self.descent_every
 
     def lower(self):
         return self.domains.bound()

@@ -24,6 +24,8 @@ from .methods import run_method
 from .network import Network
 
 MAX_NEURONS = 256  # refine a layer only with at most this many unstable neurons (two rows each)
+ROW_GAP = 0.01  # a row's search stops within this relative gap of its best point (bab's gap)
+ROW_OPTIONS = {"steps": 3, "branching": "babsr"}  # bab options of the row searches
 
 
 def unstable_count(intermediate, layer: int) -> int:
@@ -62,7 +64,7 @@ def refine_layer(net: Network, x: torch.Tensor, ball, intermediate, layer: int, 
             break
         found[r] = bab_bounds(prefix.with_spec(spec[r:r + 1]), x, ball, compute_upper=False,
                               intermediate=intermediate[:layer], time_limit=left / (len(order) - done),
-                              split="relu", refine=False).lower[0, 0]
+                              split="relu", refine=False, gap=ROW_GAP, enough=0.0, **ROW_OPTIONS).lower[0, 0]
     u = len(unstable)
     lo[unstable] = torch.maximum(lo[unstable], found[:u])
     hi[unstable] = torch.minimum(hi[unstable], -found[u:])
