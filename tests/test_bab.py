@@ -280,6 +280,36 @@ def test_input_split_children_keep_their_parents_pre_activation_bounds(monkeypat
     assert tighter > 0
 
 
+def test_descents_that_find_nothing_back_off():
+    """Search.descend: after a descent that improves no incumbent, the next 1, 2, 4, ... calls (up to
+    DESCENT_BACKOFF) are skipped; one that improves resets the wait."""
+    from robustopt.verify.bab_search import DESCENT_BACKOFF, PGD_STEPS, Search
+
+    model = randomized(relu_mlp(3, [8], 2), torch.Generator().manual_seed(0))
+    net = network(model)
+    x = torch.full((1, 3), 0.5, dtype=torch.float64)
+    ball = Ball(0.1, "inf", 0.0, 1.0)
+    search = Search(net, x, ball, None, None, 10, False)
+    offers = []
+    offer = search.offer
+    search.offer = lambda points: (offers.append(len(points)), offer(points))
+    search.descend(x, ball, x)  # the first descent improves the empty incumbent
+    assert len(offers) == PGD_STEPS and search.descent_every == 1
+    ran = []
+    for _ in range(64):
+        search.best = torch.full_like(search.best, float("-inf"))  # nothing can improve it now
+        before = len(offers)
+        search.descend(x, ball, x)
+        ran.append(len(offers) > before)
+    gaps = [j - i for i, j in zip([k for k, r in enumerate(ran) if r], [k for k, r in enumerate(ran) if r][1:])]
+    assert ran[0] and gaps[:5] == [2, 4, 8, 16, 16] and DESCENT_BACKOFF == 16
+    search.best = torch.full_like(search.best, float("inf"))  # the next descent that runs improves: reset
+    while search.descent_wait > 1:
+        search.descend(x, ball, x)
+    search.descend(x, ball, x)
+    assert search.descent_every == 1
+
+
 def test_corners_of_boxes():
     from robustopt.verify.bab_input import corners
 
