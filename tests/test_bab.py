@@ -110,6 +110,34 @@ def test_filtered_smart_branching_verdicts_equal_the_milp(seed):
     assert list(fsb.status) == list(milp.status), (seed, milp.status, fsb.status)
 
 
+@pytest.mark.parametrize("seed", [11, 13])  # seeds whose searches split
+@pytest.mark.parametrize("options", [{"search_dtype": torch.float64}, {"recompute_intermediate": True}])
+def test_float64_searches_and_recomputed_bounds_equal_the_milp(monkeypatch, seed, options):
+    """The alternatives to the defaults (slopes searched in float32, children's pre-activation bounds held at
+    their parents') give the MILP's verdicts too: a float64 search, and bounds of the layers after the split
+    recomputed (then the children are bounded per layer of their split, from the next layer on)."""
+    from robustopt.verify import bab_relu
+
+    calls, recomputed = bab_relu.bound_domains, []
+
+    def recording(net, *args, **kw):
+        recomputed.append(kw.get("recompute_from"))
+        return calls(net, *args, **kw)
+
+    monkeypatch.setattr(bab_relu, "bound_domains", recording)
+    model, x, y, norm, eps, (lower, upper) = _case(seed)
+    net = network(model, input_shape=x.shape[1:])
+    net = net.with_spec(margin_spec(y, net.out_features)[0])
+    x, ball = x.flatten(1), Ball(eps, norm, lower, upper)
+    bab = run_method("bab", net, x, ball, compute_upper=False, stop_at=0.0, split="relu", **options)
+    milp = run_method("milp", net, x, ball, compute_upper=False, stop_at=0.0)
+    assert (bab.lower > 0).all(1).tolist() == (milp.lower > 0).all(1).tolist(), seed
+    assert set(bab.status.tolist()) == {"optimal"}
+    children = [k for k in recomputed if k is not None]  # the roots have none
+    assert children and all(0 < k <= len(net.relu_sizes) for k in children)
+    assert (min(children) < len(net.relu_sizes)) == ("recompute_intermediate" in options)
+
+
 def test_split_bounds_hold_on_each_child():
     """The bounds "fsb" estimates for the two children of a split (the parent's relaxations held, the split
     neuron's exact) lie below the network's values at sampled points of the ball on the child's side."""
@@ -121,7 +149,8 @@ def test_split_bounds_hold_on_each_child():
     hi = torch.cat([b[1] for b in res.intermediate], 1)[0]
     unstable = torch.nonzero((lo < 0) & (hi > 0)).flatten()
     assert len(unstable) > 4
-    points = torch.stack([ball.random(x) for _ in range(4000)])[:, 0]
+    gen = torch.Generator().manual_seed(0)
+    points = torch.stack([ball.random(x, generator=gen) for _ in range(4000)])[:, 0]
     values = net(points)
     pre, activation = [], points
     for op in net.affine[:-1]:
@@ -134,8 +163,9 @@ def test_split_bounds_hold_on_each_child():
             bound = split_bounds(net, x, ball, res.intermediate, slopes, [None] * len(slopes), flat.view(1),
                                  torch.tensor([active]))
             side = pre[:, flat] >= 0 if active else pre[:, flat] <= 0
-            assert (bound[0] <= values[side].amin(0) + 1e-9).all(), (int(flat), active)
-            checked += int(side.sum() > 0)
+            if side.any():  # a side no sampled point reaches has nothing to check
+                assert (bound[0] <= values[side].amin(0) + 1e-9).all(), (int(flat), active)
+                checked += 1
     assert checked >= 8 and locate(net, unstable[:1])[0].item() == 0
 
 
@@ -470,6 +500,8 @@ def test_bad_options_raise():
                            ({"domain_batch": 1}, "domain_batch"), ({"max_domains": 0}, "max_domains"),
                            ({"steps": -1}, "steps"), ({"progress": "yes"}, "progress"), ({"refine": 1}, "refine"),
                            ({"time_limit": 0}, "time_limit"), ({"stop_at": float("nan")}, "stop_at"),
+                           ({"search_dtype": torch.float16}, "search_dtype"),
+                           ({"recompute_intermediate": "yes"}, "recompute_intermediate"),
                            ({"beam": 3}, "unknown option")]:
         with pytest.raises(ValueError, match=match):
             run_method("bab", net, x, ball, **options)

@@ -33,7 +33,11 @@ the linear bound is large but whose halves bound no better; on oval21 "fsb" took
 to 14 s and cifar_wide_kw img19 from 73 s to 32 s against "babsr", and tied on MNIST MLPs), ``max_domains``
 (open domains kept; default: what fits in :data:`DOMAIN_MEMORY` bytes; past half of it the search pops the
 domains nearest to closing first, :mod:`.bab_search`), ``split``, ``stop_at``, ``refine`` (default True; see
-below), ``progress`` (a tqdm bar: domains bounded and open, global lower bound, best value). Out of time or of
+below), ``progress`` (a tqdm bar: domains bounded and open, global lower bound, best value), ``search_dtype``
+(:data:`SEARCH_DTYPE`, float32: the slope and multiplier searches and the heuristics; every bound is computed in
+the network's dtype from what they found; None: the network's dtype throughout) and ``recompute_intermediate``
+(False: a child keeps its parent's pre-activation bounds, the split neuron's clamped; True: the layers after the
+split are bounded again, :mod:`.bab_relu`). Out of time or of
 domains, the bound so far is returned (still sound) with status "time_limit" (``certify``: unknown); "optimal"
 when decided; "error" when a leaf could not be settled (solver failure, or a tie within rounding). ``upper``
 (``compute_upper=True``): the root's alpha-CROWN upper bounds, not refined. ``intermediate=`` bounds the root;
@@ -70,7 +74,8 @@ from .refine import MAX_NEURONS, refine_layers, unstable_count
 
 NORMS = ("inf", 1)
 OPTIONS = COMMON_OPTIONS | {"time_limit", "stop_at", "domain_batch", "max_domains", "branching", "split", "steps",
-                            "refine", "progress", "gap", "enough"}
+                            "refine", "progress", "gap", "enough", "search_dtype",
+                            "recompute_intermediate"}
 SOLVER = True
 EXACT = True  # without stop_at, an example that ends "optimal" has its exact minimum, to a gap of 1e-6 (|v| + 1)
 #               (the default gap; a larger gap or enough= trade that for time)
@@ -82,6 +87,7 @@ INPUT_SPLIT_DIMENSIONS = 20
 DEFAULTS = {"relu": {"domain_batch": 64, "steps": 10, "branching": "fsb"},
             "input": {"domain_batch": 512, "steps": 5, "branching": "widest"}}
 DOMAIN_MEMORY = 1 << 30  # bytes of open domains by default (max_domains=None)
+SEARCH_DTYPE = torch.float32  # the dtype of the slope searches and of the heuristics (search_dtype=)
 REFINE_AFTER, REFINE_SHARE = 0.1, 0.5  # shares of the time limit: first search, then refinement (refine=)
 
 
@@ -122,7 +128,8 @@ def _max_domains(net, max_domains, mode):
 
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, time_limit=None,
            stop_at=None, domain_batch=None, max_domains=None, branching=None, split="auto", steps=None,
-           refine=True, progress=False, gap=GAP, enough=None) -> Bounds:
+           refine=True, progress=False, gap=GAP, enough=None, search_dtype=SEARCH_DTYPE,
+           recompute_intermediate=False) -> Bounds:
     """Branch-and-bound lower bounds on every output row of ``net`` over the ball (see the module docstring)."""
     time_limit, stop_at = check_time_limit(time_limit), check_stop_at(stop_at)
     enough = check_stop_at(enough, "enough")
@@ -135,9 +142,13 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
     if branching is not None:
         check_choice(branching, BRANCHING, "branching")
     check_choice(split, SPLITS, "split")
+    if search_dtype is not None and search_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"search_dtype must be torch.float32, torch.float64 or None; got {search_dtype!r}")
+    search_dtype = search_dtype or net.dtype
     if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0 <= gap < float("inf"):
         raise ValueError(f"gap must be a finite number >= 0 (a relative gap); got {gap!r}")
-    for name, value in (("progress", progress), ("refine", refine)):
+    for name, value in (("progress", progress), ("refine", refine),
+                        ("recompute_intermediate", recompute_intermediate)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False; got {value!r}")
     n, m = x.shape[0], net.out_features
@@ -154,12 +165,14 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
         batch = default["domain_batch"] if domain_batch is None else domain_batch
 
         def start(deadline, given):
-            strategy = (InputSplit if mode == "input" else ReluSplit)(
-                example_net, centre, example_ball, steps=default["steps"] if steps is None else steps,
-                branching=default["branching"] if branching is None else branching, compute_upper=compute_upper,
-                intermediate=given)
+            common = {"steps": default["steps"] if steps is None else steps, "compute_upper": compute_upper,
+                      "branching": default["branching"] if branching is None else branching,
+                      "intermediate": given, "search_dtype": search_dtype}
+            strategy = InputSplit(example_net, centre, example_ball, **common) if mode == "input" else \
+                ReluSplit(example_net, centre, example_ball, recompute=recompute_intermediate, **common)
             search = Search(example_net, centre, example_ball, stop_at, deadline,
-                            _max_domains(example_net, max_domains, mode), progress, float(gap), enough)
+                            _max_domains(example_net, max_domains, mode), progress, float(gap), enough,
+                            search_dtype)
             return strategy, search
 
         refining = refine and mode == "relu" and time_limit is not None and len(example_net.relu_sizes) >= 2
@@ -172,7 +185,9 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
             layers = range(1, len(example_net.relu_sizes))
             if any(0 < unstable_count(strategy.intermediate, k) <= MAX_NEURONS for k in layers):
                 refined, stable = refine_layers(example_net, centre, example_ball, strategy.intermediate,
-                                                REFINE_SHARE * time_limit, stop_at)
+                                                REFINE_SHARE * time_limit, stop_at,
+                                                {"search_dtype": search_dtype,
+                                                 "recompute_intermediate": recompute_intermediate})
                 found = search.points[torch.isfinite(search.points).all(1)]
                 strategy, search = start(tic + time_limit, refined)
                 search.offer(found)

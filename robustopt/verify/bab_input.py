@@ -76,8 +76,9 @@ def clip(lo, hi, A, c, theta, open_rows):
 class InputSplit:
     """The input-split strategy for :func:`~.bab_search.run` (``root`` and ``expand``)."""
 
-    def __init__(self, net, x, ball, *, steps, branching, compute_upper, intermediate):
+    def __init__(self, net, x, ball, *, steps, branching, compute_upper, intermediate, search_dtype=None):
         self.net, self.x, self.ball, self.steps, self.branching = net, x, ball, steps, branching
+        self.search_dtype = search_dtype
         self.compute_upper, self.given = compute_upper, intermediate
         self.upper = self.intermediate = None
 
@@ -107,7 +108,8 @@ class InputSplit:
                                        intermediate=self.given if root else parent_inter,
                                        recompute_from=None if root else 0,
                                        optimize_intermediate=root,
-                                       time_limit=None if left is None else max(left, 1e-3) / len(lo))
+                                       time_limit=None if left is None else max(left, 1e-3) / len(lo),
+                                       search_dtype=self.search_dtype)
         lower = res.lower if root else torch.maximum(res.lower, parent_lower)
         if root:
             self.upper, self.intermediate = res.upper, res.intermediate

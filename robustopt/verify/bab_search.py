@@ -111,10 +111,13 @@ def _grow(t, rows):
 class Search:
     """The state of one example's branch and bound (see the module docstring). ``deadline``: a
     ``time.perf_counter()`` value or None; ``max_domains``: the most open domains kept; ``gap``: the relative gap
-    closing a row without ``stop_at``; ``enough``: None, or a value above which a row is closed in any case."""
+    closing a row without ``stop_at``; ``enough``: None, or a value above which a row is closed in any case;
+    ``search_dtype``: the dtype of the descents' gradients (None: the network's; points are replayed in it)."""
 
-    def __init__(self, net, x, ball, stop_at, deadline, max_domains, progress, gap=GAP, enough=None):
+    def __init__(self, net, x, ball, stop_at, deadline, max_domains, progress, gap=GAP, enough=None,
+                 search_dtype=None):
         self.net, self.x, self.ball, self.stop_at, self.gap, self.enough = net, x, ball, stop_at, gap, enough
+        self.fast = net.cast(search_dtype or net.dtype)
         self.deadline, self.max_domains = deadline, max_domains
         m = net.out_features
         self.best = x.new_full((m,), float("inf"))
@@ -170,7 +173,7 @@ class Search:
         for t in range(PGD_STEPS):
             with torch.enable_grad():
                 point = point.detach().requires_grad_(True)
-                grad, = torch.autograd.grad(self.net(point).amin(1).sum(), point)
+                grad, = torch.autograd.grad(self.fast(point.to(self.fast.dtype)).amin(1).sum(), point)
             point = ball.project(point.detach() - scale * (1 - t / PGD_STEPS) * ball.steepest_ascent(grad), centre)
             self.offer(point)
         improved = bool((self.best < before).any())

@@ -44,11 +44,13 @@ def prefix_network(net: Network, layer: int) -> Network:
     return Network(net.affine[:layer + 1], False, net.in_shape)
 
 
-def refine_layer(net: Network, x: torch.Tensor, ball, intermediate, layer: int, time_limit: float):
+def refine_layer(net: Network, x: torch.Tensor, ball, intermediate, layer: int, time_limit: float,
+                 options=None):
     """Tighten ReLU layer ``layer``'s bounds in ``intermediate`` (a list of (lower, upper) pairs of shape (1, h_k),
     sound on the ball around the single example ``x`` (1, d)) by ``time_limit`` seconds of branch and bound.
     Returns (the new list: the same pairs with that layer's replaced by the tightened ones, how many of its
-    unstable neurons became stable)."""
+    unstable neurons became stable). ``options``: more bab options for the row searches (the caller's
+    ``search_dtype``, ``recompute_intermediate``)."""
     from .bab import bounds as bab_bounds  # imported here: bab imports this module
 
     if x.shape[0] != 1:
@@ -69,7 +71,8 @@ def refine_layer(net: Network, x: torch.Tensor, ball, intermediate, layer: int, 
             break
         found[r] = bab_bounds(prefix.with_spec(spec[r:r + 1]), x, ball, compute_upper=False,
                               intermediate=intermediate[:layer], time_limit=left / (len(order) - done),
-                              split="relu", refine=False, gap=ROW_GAP, enough=0.0, **ROW_OPTIONS).lower[0, 0]
+                              split="relu", refine=False, gap=ROW_GAP, enough=0.0,
+                              **ROW_OPTIONS | (options or {})).lower[0, 0]
     u = len(unstable)
     lo[unstable] = torch.maximum(lo[unstable], found[:u])
     hi[unstable] = torch.minimum(hi[unstable], -found[u:])
@@ -78,11 +81,13 @@ def refine_layer(net: Network, x: torch.Tensor, ball, intermediate, layer: int, 
     return refined, int(((lo[unstable] >= 0) | (hi[unstable] <= 0)).sum())
 
 
-def refine_layers(net: Network, x: torch.Tensor, ball, intermediate, time_limit: float, stop_at=None):
+def refine_layers(net: Network, x: torch.Tensor, ball, intermediate, time_limit: float, stop_at=None,
+                  options=None):
     """:func:`refine_layer` on ReLU layers 1, 2, ... in turn (those with 1 to :data:`MAX_NEURONS` unstable
     neurons), the time left shared equally by the layers left; after each, the later layers are bounded again by
     alpha-CROWN from the refined ones (and intersected with theirs), and with ``stop_at`` the refinement ends once
-    that pass proves every output row above it. Returns (the new list, neurons made stable)."""
+    that pass proves every output row above it; ``options`` go to :func:`refine_layer`. Returns (the new list,
+    neurons made stable)."""
     deadline, stable = time.perf_counter() + time_limit, 0
     layers = range(1, len(intermediate))
     for done, layer in enumerate(layers):
@@ -91,7 +96,8 @@ def refine_layers(net: Network, x: torch.Tensor, ball, intermediate, time_limit:
             break
         if not 0 < unstable_count(intermediate, layer) <= MAX_NEURONS:
             continue
-        intermediate, made = refine_layer(net, x, ball, intermediate, layer, left / (len(layers) - done))
+        intermediate, made = refine_layer(net, x, ball, intermediate, layer, left / (len(layers) - done),
+                                          options)
         stable += made
         res = run_method("alpha-crown", net, x, ball, compute_upper=False, intermediate=intermediate,
                          recompute_from=layer + 1, return_intermediate=True)
