@@ -10,7 +10,7 @@ the bounds of the layers after the split are computed again by CROWN and interse
 (``recompute_from=``): a pass per later layer, in float64, which on oval21 and MNIST MLPs cost half the time for
 about the same number of domains (cifar_wide_kw img19: 1937 domains in 10.5 s held, 1923 in 20.4 s recomputed;
 ERAN relu_9_200 idx 9841 decided in 184 s held, undecided at 300 s recomputed). The slope search runs in
-``search_dtype`` (float32 by default: each bound is then one pass in the network's float64 with the slopes and
+``search_dtype`` (float32 by default: each bound is then computed in the network's float64 from the slopes and
 multipliers found, :mod:`.alpha_crown`), and so do the heuristics below (candidate points are replayed in
 float64; the branching scores only rank). A child's bound
 is the larger of its own and its parent's (both are valid on the child). Only the output rows still open in some
