@@ -223,6 +223,30 @@ def test_crowded_searches_pop_the_domains_nearest_to_closing_and_stay_exact():
     assert bool((crowded.lower > 0).all()) == bool((milp.lower > 0).all())
 
 
+def test_open_domains_default_to_a_share_of_the_free_memory(monkeypatch):
+    """max_domains=None caps the open domains at what fits in a quarter of the free memory, on the CPU at most half
+    a core's share; where the free memory cannot be read, DOMAIN_MEMORY; the storage never grows past the cap."""
+    from robustopt.verify import bab
+    from robustopt.verify.bab_search import Domains
+
+    monkeypatch.setattr(bab, "free_memory", lambda device: 8 << 30)
+    monkeypatch.setattr(bab.os, "cpu_count", lambda: 1)
+    assert bab.domain_memory("cpu") == 2 << 30
+    monkeypatch.setattr(bab.os, "cpu_count", lambda: 8)
+    assert bab.domain_memory("cpu") == (8 << 30) // 16
+    net = network(relu_mlp(4, [10, 6], 3))
+    per_domain = 8 * 5 + 16 * 16 + 16 * (1 + 8 * 3)
+    assert bab._max_domains(net, None, "relu") == ((8 << 30) // 16) // per_domain
+    assert bab._max_domains(net, 7, "relu") == 7
+    monkeypatch.setattr(bab, "free_memory", lambda device: None)
+    assert bab.domain_memory("cpu") == bab.DOMAIN_MEMORY
+    assert bab.free_memory("meta") is None
+    domains = Domains(1, torch.zeros(1, dtype=torch.float64), capacity=100)
+    for k in (60, 30, 10):
+        domains.push(-torch.ones(k, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), tag=torch.arange(k))
+    assert len(domains) == 100 and len(domains.lower) == 100 and len(domains.fields[0]) == 100
+
+
 def _low_dimensional(seed, d):
     gen = torch.Generator().manual_seed(seed)
     return randomized(relu_mlp(d, [12, 12], 3), gen)

@@ -220,6 +220,11 @@ def test_alpha_warm_start_and_float32_search():
     pts = torch.stack([ball.random(x) for _ in range(200)])
     values = torch.stack([net(p) for p in pts]).amin(0)
     assert (f32.lower <= values + 1e-9).all() and (first.lower <= values + 1e-9).all()
+    # floor=False: the one pass with the slopes found (the floor pass only raises the bound)
+    bare = run_method("alpha-crown", net, x, ball, steps=15, search_dtype=torch.float32, floor=False)
+    assert (bare.lower <= f32.lower + 1e-12).all() and (bare.lower <= values + 1e-9).all()
+    with pytest.raises(ValueError, match="floor must be True or False"):
+        run_method("alpha-crown", net, x, ball, floor=1)
 
 
 def test_margin_bounds_takes_splits_across_batches():

@@ -19,7 +19,9 @@ one-hidden-layer networks.
 
 ``search_dtype=torch.float32`` runs the search in float32 (faster, half the memory); the bound
 returned is then one final pass in the network's dtype (float64 by default) with the slopes found,
-and never below CROWN's there: every number returned is computed in the requested dtype.
+and never below CROWN's there (a second pass, with the starting slopes; ``floor=False`` skips it, as branch and
+bound does: a child's bound is at least its parent's anyway): every number returned is computed in the
+requested dtype.
 
 Options: ``steps`` (Adam iterations, default 20), ``lr`` (step size, default 0.5), ``lr_decay`` (factor
 per step, default 0.98; the bound is piecewise linear in the slopes, so reaching the LP value to 1e-5
@@ -48,7 +50,7 @@ from .methods import COMMON_OPTIONS, Bounds, check_stop_at, check_time_limit
 
 NORMS = ("inf", 2, 1)
 OPTIONS = COMMON_OPTIONS | {"steps", "lr", "lr_decay", "stop_at", "time_limit", "splits", "memory", "alphas",
-                            "search_dtype", "skip_stable", "optimize_intermediate", "recompute_from"}
+                            "search_dtype", "skip_stable", "optimize_intermediate", "recompute_from", "floor"}
 SOLVER = False
 EXACT = False
 TAKES_TIME_LIMIT = True
@@ -230,7 +232,7 @@ def search_pass(net, x, ball, layout, slopes, beta_terms, base, splits, out, fix
 def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, splits=None,
              memory=None, alphas=None, steps=20, lr=0.5, lr_decay=0.98, stop_at=None, time_limit=None,
              search_dtype=None, skip_stable=True, optimize_intermediate=True, beta=None,
-             recompute_from=None) -> Bounds:
+             recompute_from=None, floor=True) -> Bounds:
     """The alpha-CROWN search; ``beta`` (beta-CROWN) is None or a callable ``beta(x, R, alphas) -> (params,
     terms, place)``: multiplier tensors to optimize (kept >= 0; warm-started from ``alphas.betas``), the map
     from them to the signed coefficient terms per ReLU layer, and the map to one entry per ReLU layer
@@ -238,8 +240,9 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
     (:func:`~.backward.first_recomputed`)."""
     steps, lr, lr_decay, stop_at, time_limit = check_search_options(steps, lr, lr_decay, stop_at, time_limit,
                                                                      search_dtype)
-    if not isinstance(optimize_intermediate, bool):
-        raise ValueError(f"optimize_intermediate must be True or False; got {optimize_intermediate!r}")
+    for name, flag in (("optimize_intermediate", optimize_intermediate), ("floor", floor)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False; got {flag!r}")
     deadline = None if time_limit is None else time.perf_counter() + time_limit * len(x)
     base, _, rule, infeasible = crown.intermediate_bounds(net, x, ball, "adaptive", intermediate, splits, memory,
                                                                 skip_stable, recompute_from)
@@ -298,9 +301,10 @@ def optimize(net, x, ball, *, compute_upper=True, intermediate=None, return_inte
         with torch.no_grad():
             final = dict(zip(keys, (p.to(net.dtype) for p in best_params)))
             terms = beta_terms([b.to(net.dtype) for b in best_betas])
-            value, sbase, empty = search_pass(net, x, ball, layout, final, terms, base, splits, out)
-            start, _, _ = search_pass(net, x, ball, layout, slopes, None, base, splits, out)
-            best, infeasible = torch.maximum(value, start), infeasible | empty
+            best, sbase, empty = search_pass(net, x, ball, layout, final, terms, base, splits, out)
+            if floor:
+                best = torch.maximum(best, search_pass(net, x, ball, layout, slopes, None, base, splits, out)[0])
+            infeasible = infeasible | empty
     lower, upper = best[:, :m], (-best[:, m:] if compute_upper else None)
     lower, upper = finish(lower, upper, infeasible)
     result = Slopes(rows, features, {key: p.to(net.dtype) for key, p in zip(keys, best_params)},

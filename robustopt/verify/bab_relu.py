@@ -179,7 +179,7 @@ class ReluSplit:
             betas = [fields[f"beta{j}"][parent] for j in self.layers]
             first = int(layer[child[0]]) + 1 if self.recompute else len(self.layers)
             res, found, multipliers = self._bound(search, net, splits=splits, intermediate=inter,
-                                                  recompute_from=first, compute_upper=False,
+                                                  recompute_from=first, compute_upper=False, floor=False,
                                                   optimize_intermediate=False, slopes=[s[:, rows] for s in slopes],
                                                   betas=[b[:, rows] for b in betas])
             bound = lower[parent].clone()

@@ -33,10 +33,11 @@ DESCENT_BACKOFF = 16  # a descent that finds nothing waits twice as many calls b
 class Domains:
     """Open domains: bound rows ``lower`` (N, m) and named fields (tensors with the domain first), stored with
     spare capacity so that adding and removing k domains costs O(k). ``closed`` (m,): the smallest bound of
-    every row over the domains discarded so far."""
+    every row over the domains discarded so far. ``capacity``: the most domains ever held (None: no cap), so that
+    the doubling storage never allocates past it."""
 
-    def __init__(self, m, like):
-        self.size, self.fields, self.names = 0, [], None
+    def __init__(self, m, like, capacity=None):
+        self.size, self.fields, self.names, self.capacity = 0, [], None, capacity
         self.lower = like.new_zeros(0, m)
         self.closed = like.new_full((m,), float("inf"))
 
@@ -67,6 +68,7 @@ class Domains:
         k, end = len(lower), self.size + len(lower)
         if end > len(self.lower):
             grow = max(end, 2 * len(self.lower), 64)
+            grow = grow if self.capacity is None else max(end, min(grow, self.capacity))
             self.lower = _grow(self.lower, grow)
             self.fields = [_grow(v, grow) for v in self.fields]
         self.lower[self.size:end] = lower
@@ -122,7 +124,7 @@ class Search:
         m = net.out_features
         self.best = x.new_full((m,), float("inf"))
         self.points = x.new_full((m, x.shape[1]), float("nan"))
-        self.domains = Domains(m, x)
+        self.domains = Domains(m, x, max_domains)
         self.undecided = 0  # leaves discarded without being settled (see bab_relu)
         self.bounded = 0
         self.descent_every, self.descent_wait = 1, 0  # descent back-off: see descend
