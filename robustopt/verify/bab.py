@@ -52,9 +52,9 @@ within :data:`REFINE_AFTER` of the time limit stops; the pre-activation bounds o
 tightened in turn by branch and bound on the network cut there, for :data:`REFINE_SHARE` of the time limit in all
 (:func:`~.refine.refine_layers`: proven bounds; it ends early once alpha-CROWN with them decides), and the search
 starts again from a root bounded with them, keeping the counterexample candidates it had. α,β-CROWN does the same
-with a MIP solver's claimed bounds. On VNN-COMP 2021 mnistfc (``bench/bab.py``) bab decides 72 of the 90 instances
-(55 without refinement), every one a 2021 tool decided, e.g. 256x4 prop_0 in 48 s and 256x6 prop_0 in 150 s
-(α,β-CROWN in 2021, on a GPU: 53 s and 260 s).
+with a MIP solver's claimed bounds. On VNN-COMP 2021 mnistfc (``bench/bab.py``) bab decides 74 of the 90 instances
+(55 without refinement): every one a 2021 tool decided and two none did (256x4 prop_12_0.05, prop_14_0.03), e.g.
+256x4 prop_0 in 48 s and 256x6 prop_0 in 150 s (α,β-CROWN in 2021, on a GPU: 53 s and 260 s).
 """
 from __future__ import annotations
 
