@@ -234,10 +234,11 @@ def test_open_domains_default_to_a_share_of_the_free_memory(monkeypatch):
     assert bab.domain_memory("cpu") == 2 << 30
     monkeypatch.setattr(bab.os, "cpu_count", lambda: 8)
     assert bab.domain_memory("cpu") == (8 << 30) // 16
-    net = network(relu_mlp(4, [10, 6], 3))
-    per_domain = 8 * 5 + 16 * 16 + 16 * (1 + 8 * 3)
-    assert bab._max_domains(net, None, "relu") == ((8 << 30) // 16) // per_domain
-    assert bab._max_domains(net, 7, "relu") == 7
+    sized = Domains(2, torch.zeros(1, dtype=torch.float64), memory=1000)  # the cap: what fits, from the first push
+    assert sized.capacity is None
+    sized.push(-torch.ones(3, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+               tag=torch.zeros(3, 5, dtype=torch.float32))
+    assert sized.capacity == 1000 // (2 * 8 + 5 * 4)
     monkeypatch.setattr(bab, "free_memory", lambda device: None)
     assert bab.domain_memory("cpu") == bab.DOMAIN_MEMORY
     assert bab.free_memory("meta") is None
@@ -245,6 +246,49 @@ def test_open_domains_default_to_a_share_of_the_free_memory(monkeypatch):
     for k in (60, 30, 10):
         domains.push(-torch.ones(k, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), tag=torch.arange(k))
     assert len(domains) == 100 and len(domains.lower) == 100 and len(domains.fields[0]) == 100
+
+
+def _stopped_search(monkeypatch, model, eps, strategy_class, branching, max_domains, batch):
+    """A search on ``model``'s margins around x = 0.5 (l_inf ball of radius ``eps`` in [0, 1]), best first
+    throughout, stopped by ``max_domains`` with domains open: (search, strategy, spec-folded net, x)."""
+    from robustopt.verify.bab_search import Domains, Search, run
+
+    best_first = Domains.pop
+    monkeypatch.setattr(Domains, "pop", lambda self, k, threshold, nearest=False: best_first(self, k, threshold))
+    x = torch.full((1, model[0].in_features), 0.5, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    net = network(model).with_spec(margin_spec(y, 3)[0])
+    ball = Ball(eps, "inf", 0.0, 1.0)
+    strategy = strategy_class(net, x, ball, steps=2, branching=branching, compute_upper=False, intermediate=None)
+    search = Search(net, x, ball, None, None, max_domains, False)
+    assert run(search, strategy, batch) == "time_limit"  # stopped by max_domains: open domains left
+    return search, strategy, net, x
+
+
+def test_relu_domains_store_only_the_roots_unstable_neurons(monkeypatch):
+    """An open ReLU domain stores its splits, bounds, slopes and multipliers only at the neurons unstable at the
+    root; unpacked, the other neurons get the root's bounds, no split, zero slopes and multipliers."""
+    from robustopt.verify.bab_relu import ReluSplit
+
+    model = randomized(relu_mlp(4, [16, 16], 3), torch.Generator().manual_seed(3))
+    search, strategy, _, _ = _stopped_search(monkeypatch, model, 0.3, ReluSplit, "babsr", 40, 8)
+    domains = search.domains
+    assert len(domains) > 4
+    fields = {name: store[:len(domains)] for name, store in zip(domains.names, domains.fields)}
+    full = strategy._unpack(fields)
+    for k, (lo, hi) in enumerate(strategy.intermediate):
+        unstable = (lo[0] < 0) & (hi[0] > 0)
+        assert 0 < int(unstable.sum()) < 16
+        assert torch.equal(strategy.unstable[k], torch.nonzero(unstable).flatten())
+        for name in ("split", "lo", "hi", "slope", "beta"):
+            assert fields[f"{name}{k}"].shape[-1] == int(unstable.sum())
+            assert full[name][k].shape[-1] == 16
+        assert torch.equal(full["lo"][k][:, ~unstable], lo[:, ~unstable].expand(len(domains), -1))
+        assert torch.equal(full["hi"][k][:, ~unstable], hi[:, ~unstable].expand(len(domains), -1))
+        assert not full["split"][k][:, ~unstable].any() and not full["slope"][k][..., ~unstable].any()
+        assert (full["lo"][k] >= lo).all() and (full["hi"][k] <= hi).all()
+    assert any(bool(s.any()) for s in full["split"])
 
 
 def _low_dimensional(seed, d):
@@ -298,21 +342,10 @@ def test_input_split_children_keep_their_parents_pre_activation_bounds(monkeypat
     computed, so the stored bounds are those of the larger box (still true on the clipped one)."""
     from robustopt.verify import bab_input
     from robustopt.verify.bab_input import InputSplit, cover
-    from robustopt.verify.bab_search import Domains, Search, run
 
     monkeypatch.setattr(bab_input, "clip", lambda lo, hi, *rest: (lo, hi))
-    best_first = Domains.pop  # best first throughout, so that max_domains stops the search with domains open
-    monkeypatch.setattr(Domains, "pop", lambda self, k, threshold, nearest=False: best_first(self, k, threshold))
-
     model = randomized(relu_mlp(3, [32, 32, 32], 3), torch.Generator().manual_seed(1))
-    x = torch.full((1, 3), 0.5, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    net = network(model).with_spec(margin_spec(y, 3)[0])
-    ball = Ball(0.4, "inf", 0.0, 1.0)
-    strategy = InputSplit(net, x, ball, steps=2, branching="widest", compute_upper=False, intermediate=None)
-    search = Search(net, x, ball, None, None, 60, False)
-    assert run(search, strategy, 32) == "time_limit"  # stopped by max_domains: open domains left
+    search, strategy, net, _ = _stopped_search(monkeypatch, model, 0.4, InputSplit, "widest", 60, 32)
     domains = search.domains
     assert len(domains) > 20
     fields = {name: store[:len(domains)] for name, store in zip(domains.names, domains.fields)}

@@ -32,7 +32,8 @@ of 7 hard instances in 20 s where BaBSR's input score decided none: it keeps spl
 the linear bound is large but whose halves bound no better; on oval21 "fsb" took cifar_deep_kw img5533 from 58 s
 to 14 s and cifar_wide_kw img19 from 73 s to 32 s against "babsr", and tied on MNIST MLPs), ``max_domains``
 (open domains kept; default: what fits in :func:`domain_memory`, a share of the memory free on the network's
-device when the search starts: on oval21 cifar_wide_kw img6762 the worst open bound reached -0.0088 in 720 s with
+device when the search starts, at the bytes one stored domain takes: a ReLU domain keeps its fields only at the
+neurons unstable at the root, :mod:`.bab_relu`; on oval21 cifar_wide_kw img6762 the worst open bound reached -0.0088 in 720 s with
 8,000 domains against -0.0146 with the 1,900 of a fixed 1 GiB; past half of it the search pops the domains
 nearest to closing first, :mod:`.bab_search`), ``split``, ``stop_at``, ``refine`` (default True; see below),
 ``progress`` (a tqdm bar: domains bounded and open, global lower bound, best value), ``search_dtype``
@@ -151,15 +152,6 @@ def domain_memory(device) -> int:
     return int(share * free)
 
 
-def _max_domains(net, max_domains, mode):
-    """The cap on open domains: given, or what fits in :func:`domain_memory`."""
-    if max_domains is not None:
-        return max_domains
-    m, widths = net.out_features, sum(net.relu_sizes)
-    per_domain = 8 * (m + 2) + 16 * widths + (16 * net.in_features if mode == "input" else widths * (1 + 8 * m))
-    return max(1, domain_memory(net.device) // per_domain)
-
-
 def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_intermediate=False, time_limit=None,
            stop_at=None, domain_batch=None, max_domains=None, branching=None, split="auto", steps=None,
            refine=True, progress=False, gap=GAP, enough=None, search_dtype=SEARCH_DTYPE,
@@ -204,9 +196,9 @@ def bounds(net, x, ball, *, compute_upper=True, intermediate=None, return_interm
                       "intermediate": given, "search_dtype": search_dtype}
             strategy = InputSplit(example_net, centre, example_ball, **common) if mode == "input" else \
                 ReluSplit(example_net, centre, example_ball, recompute=recompute_intermediate, **common)
-            search = Search(example_net, centre, example_ball, stop_at, deadline,
-                            _max_domains(example_net, max_domains, mode), progress, float(gap), enough,
-                            search_dtype)
+            search = Search(example_net, centre, example_ball, stop_at, deadline, max_domains, progress,
+                            float(gap), enough, search_dtype,
+                            memory=None if max_domains else domain_memory(example_net.device))
             return strategy, search
 
         refining = refine and mode == "relu" and time_limit is not None and len(example_net.relu_sizes) >= 2

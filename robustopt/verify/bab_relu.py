@@ -153,6 +153,7 @@ class ReluSplit:
     def root(self, search):
         res, slopes, betas = self._bound(search, intermediate=self.given, compute_upper=self.compute_upper)
         self.upper, self.intermediate = res.upper, res.intermediate
+        self.unstable = [torch.nonzero((lo[0] < 0) & (hi[0] > 0)).flatten() for lo, hi in res.intermediate]
         splits = [torch.zeros(1, h, dtype=torch.int8, device=self.x.device) for h in self.net.relu_sizes]
         self.add(search, res.lower, res.intermediate, slopes, betas, splits)
 
@@ -168,15 +169,15 @@ class ReluSplit:
         # held bounds: every child at once; recomputed ones: per layer of the split (the parents' bounds hold up to it)
         groups = [torch.nonzero(layer == k).flatten() for k in layer.unique().tolist()] if self.recompute \
             else [torch.arange(2 * P, device=lower.device)]
+        stored = self._unpack(fields)
         for child in groups:
             parent = parents[child]
-            splits = [fields[f"split{j}"][parent].clone() for j in self.layers]
+            splits = [s[parent] for s in stored["split"]]
             for j in layer[child].unique().tolist():
                 at = torch.nonzero(layer[child] == j).flatten()
                 splits[j][at, neuron[child][at]] = sign[child][at]
-            inter = [(fields[f"lo{j}"][parent], fields[f"hi{j}"][parent]) for j in self.layers]
-            slopes = [fields[f"slope{j}"][parent] for j in self.layers]
-            betas = [fields[f"beta{j}"][parent] for j in self.layers]
+            inter = [(lo[parent], hi[parent]) for lo, hi in zip(stored["lo"], stored["hi"])]
+            slopes, betas = [s[parent] for s in stored["slope"]], [b[parent] for b in stored["beta"]]
             first = int(layer[child[0]]) + 1 if self.recompute else len(self.layers)
             res, found, multipliers = self._bound(search, net, splits=splits, intermediate=inter,
                                                   recompute_from=first, compute_upper=False, floor=False,
@@ -220,11 +221,31 @@ class ReluSplit:
         search.undecided += int((~(lower[leaf] > theta).all(1)).sum())
         keep = ~leaf
         fields = {"branch": choice[keep]}
-        for k in self.layers:
-            fields |= {f"split{k}": splits[k][keep], f"lo{k}": inter[k][0][keep], f"hi{k}": inter[k][1][keep],
-                       f"slope{k}": slopes[k][keep], f"beta{k}": betas[k][keep]}
+        for k, at in zip(self.layers, self.unstable):  # only the root's unstable neurons: see _unpack
+            fields |= {f"split{k}": splits[k][keep][:, at], f"lo{k}": inter[k][0][keep][:, at],
+                       f"hi{k}": inter[k][1][keep][:, at], f"slope{k}": slopes[k][keep][..., at],
+                       f"beta{k}": betas[k][keep][..., at]}
         search.domains.push(lower[keep], theta, **fields)
         search.tick(len(lower))
+
+    def _unpack(self, fields):
+        """Popped domains' stored fields back at full width: {"split", "lo", "hi", "slope", "beta"}: per ReLU
+        layer (P, h_k) or (P, m, h_k). A domain stores only the neurons unstable at the root: the others are
+        stable in every domain (bounds only tighten), so they are never split (split 0, multiplier 0), their
+        slopes are unused and only their bounds' sign matters, which the root's bounds give. On oval21 that is
+        448 of cifar_base_kw's 3,172 neurons (img4631) and 455 of cifar_deep_kw's 6,756 (img5533)."""
+        out = {name: [] for name in ("split", "lo", "hi", "slope", "beta")}
+        for k, at in zip(self.layers, self.unstable):
+            lo, hi = self.intermediate[k]
+            for name, base in (("split", torch.zeros_like(lo, dtype=torch.int8)), ("lo", lo), ("hi", hi),
+                               ("slope", None), ("beta", None)):
+                part = fields[f"{name}{k}"]
+                if base is None:  # (P, m, h_k) in the stored dtype
+                    base = part.new_zeros(1, 1, lo.shape[1])
+                full = base.expand(*part.shape[:-1], base.shape[-1]).clone()
+                full[..., at] = part
+                out[name].append(full)
+        return out
 
     def settle(self, search, lower, inter, splits):
         """A leaf's open rows by LP (:func:`settle_leaf`); returns its improved bounds (m,)."""

@@ -34,10 +34,11 @@ class Domains:
     """Open domains: bound rows ``lower`` (N, m) and named fields (tensors with the domain first), stored with
     spare capacity so that adding and removing k domains costs O(k). ``closed`` (m,): the smallest bound of
     every row over the domains discarded so far. ``capacity``: the most domains ever held (None: no cap), so that
-    the doubling storage never allocates past it."""
+    the doubling storage never allocates past it; ``memory`` (bytes, with ``capacity=None``): the cap is set at
+    the first push to what fits, from the bytes of one domain's bound row and fields."""
 
-    def __init__(self, m, like, capacity=None):
-        self.size, self.fields, self.names, self.capacity = 0, [], None, capacity
+    def __init__(self, m, like, capacity=None, memory=None):
+        self.size, self.fields, self.names, self.capacity, self.memory = 0, [], None, capacity, memory
         self.lower = like.new_zeros(0, m)
         self.closed = like.new_full((m,), float("inf"))
 
@@ -65,6 +66,9 @@ class Domains:
         if self.names is None:
             self.names = list(fields)
             self.fields = [v.new_empty(0, *v.shape[1:]) for v in fields.values()]
+            if self.capacity is None and self.memory is not None:
+                row = lower[0].nbytes + sum(v[0].nbytes for v in fields.values())
+                self.capacity = max(1, self.memory // row)
         k, end = len(lower), self.size + len(lower)
         if end > len(self.lower):
             grow = max(end, 2 * len(self.lower), 64)
@@ -112,19 +116,20 @@ def _grow(t, rows):
 
 class Search:
     """The state of one example's branch and bound (see the module docstring). ``deadline``: a
-    ``time.perf_counter()`` value or None; ``max_domains``: the most open domains kept; ``gap``: the relative gap
+    ``time.perf_counter()`` value or None; ``max_domains``: the most open domains kept (None: as many as fit in
+    ``memory`` bytes, :class:`Domains`); ``gap``: the relative gap
     closing a row without ``stop_at``; ``enough``: None, or a value above which a row is closed in any case;
     ``search_dtype``: the dtype of the descents' gradients (None: the network's; points are replayed in it)."""
 
     def __init__(self, net, x, ball, stop_at, deadline, max_domains, progress, gap=GAP, enough=None,
-                 search_dtype=None):
+                 search_dtype=None, memory=None):
         self.net, self.x, self.ball, self.stop_at, self.gap, self.enough = net, x, ball, stop_at, gap, enough
         self.fast = net.cast(search_dtype or net.dtype)
-        self.deadline, self.max_domains = deadline, max_domains
+        self.deadline = deadline
         m = net.out_features
         self.best = x.new_full((m,), float("inf"))
         self.points = x.new_full((m, x.shape[1]), float("nan"))
-        self.domains = Domains(m, x, max_domains)
+        self.domains = Domains(m, x, max_domains, memory)
         self.undecided = 0  # leaves discarded without being settled (see bab_relu)
         self.bounded = 0
         self.descent_every, self.descent_wait = 1, 0  # descent back-off: see descend
@@ -139,6 +144,11 @@ class Search:
 
     def falsified(self) -> bool:
         return self.stop_at is not None and bool((self.best <= self.stop_at).any())
+
+    @property
+    def max_domains(self):
+        """The cap on open domains (``max_domains``, or what fits in ``memory``; inf until the root is stored)."""
+        return float("inf") if self.domains.capacity is None else self.domains.capacity
 
     def left(self):
         """Seconds left (None: no limit)."""
