@@ -33,9 +33,10 @@ the linear bound is large but whose halves bound no better; on oval21 "fsb" took
 to 14 s and cifar_wide_kw img19 from 73 s to 32 s against "babsr", and tied on MNIST MLPs), ``max_domains``
 (open domains kept; default: what fits in :func:`domain_memory`, a share of the memory free on the network's
 device when the search starts, at the bytes one stored domain takes: a ReLU domain keeps its fields only at the
-neurons unstable at the root, :mod:`.bab_relu`; on oval21 cifar_wide_kw img6762 the worst open bound reached -0.0088 in 720 s with
-8,000 domains against -0.0146 with the 1,900 of a fixed 1 GiB; past half of it the search pops the domains
-nearest to closing first, :mod:`.bab_search`), ``split``, ``stop_at``, ``refine`` (default True; see below),
+neurons unstable at the root, :mod:`.bab_relu`; on oval21 cifar_wide_kw img6762 the worst open bound reached
+-0.0088 in 720 s with 8,000 domains against -0.0146 with the 1,900 of a fixed 1 GiB; past half of it the search
+pops the domains nearest to closing first, :mod:`.bab_search`), ``split``, ``stop_at``, ``refine`` (default True;
+see below),
 ``progress`` (a tqdm bar: domains bounded and open, global lower bound, best value), ``search_dtype``
 (:data:`SEARCH_DTYPE`, float32: the slope and multiplier searches and the heuristics; every bound is computed in
 the network's dtype from what they found; None: the network's dtype throughout) and ``recompute_intermediate``

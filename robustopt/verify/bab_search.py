@@ -117,8 +117,8 @@ def _grow(t, rows):
 class Search:
     """The state of one example's branch and bound (see the module docstring). ``deadline``: a
     ``time.perf_counter()`` value or None; ``max_domains``: the most open domains kept (None: as many as fit in
-    ``memory`` bytes, :class:`Domains`); ``gap``: the relative gap
-    closing a row without ``stop_at``; ``enough``: None, or a value above which a row is closed in any case;
+    ``memory`` bytes, :class:`Domains`); ``gap``: the relative gap closing a row without ``stop_at``; ``enough``:
+    None, or a value above which a row is closed in any case;
     ``search_dtype``: the dtype of the descents' gradients (None: the network's; points are replayed in it)."""
 
     def __init__(self, net, x, ball, stop_at, deadline, max_domains, progress, gap=GAP, enough=None,
